@@ -1,0 +1,3 @@
+"""Jarvis: durable, traced, sandboxed execution of SPy programs."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Command-line entry points: `jarvis` and `jarvis-compile`."""
