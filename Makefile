@@ -1,0 +1,35 @@
+# The two set-up commands of the README, and the pieces they are made of.
+# Everything installs into .venv/ in this checkout; nothing touches the system Python.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: example test lint typecheck unit clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## Install and run an example SPy program end to end on embedded defaults.
+example: $(STAMP)
+	$(BIN)/jarvis run examples/invoice_approval.spy --books examples/books.toml \
+		--inputs examples/invoice_approval.inputs.json
+
+## Install dev dependencies, start the services the tests need, run every check.
+test: $(STAMP) lint typecheck unit
+
+lint: $(STAMP)
+	$(BIN)/ruff check jarvis tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .jarvis .pytest_cache .mypy_cache .ruff_cache
