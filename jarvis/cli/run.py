@@ -83,10 +83,10 @@ def main(argv: Sequence[str] | None = None, prog: str = "jarvis run") -> int:
 
     compilation = Compilation.of(data, args.program)
     if not compilation.ok:
-        from jarvis.cli.report.text import render_text
+        from jarvis.cli.report.text import PLAIN, Palette, render_text
 
-        sys.stderr.write(render_text(compilation.diagnostics, {args.program: compilation},
-                                     color=sys.stderr.isatty()))
+        palette = Palette.ansi() if sys.stderr.isatty() else PLAIN
+        sys.stderr.write(render_text([compilation], palette))
         return 2
     try:
         registry = BookRegistry.load(args.books) if args.books else BookRegistry()

@@ -97,6 +97,15 @@ RULES: dict[str, Rule] = _rules(
          "move the import to the top of the program"),
     Rule("SPY304", "book-import-form", "`from books import *` and relative imports are not allowed",
          "name each Book: `from books import crm, erp`"),
+    # Suspension: where a program may call Books.
+    Rule("SPY401", "suspending-callback", "a function that calls Books is given to a builtin",
+         "builtins call their callbacks where the program cannot suspend; "
+         "use a for loop that calls the function"),
+    Rule("SPY402", "suspending-generator", "a generator expression calls a Book",
+         "use a list comprehension, which runs to completion where it stands"),
+    Rule("SPY403", "suspending-function-in-comprehension",
+         "a function that calls Books is created inside a comprehension",
+         "use a for loop instead of the comprehension"),
 )
 
 
@@ -146,5 +155,7 @@ class CompileError(Exception):
     def __init__(self, diagnostics: list[Diagnostic]) -> None:
         self.diagnostics = diagnostics
         first = diagnostics[0] if diagnostics else None
-        where = f"{first.path}:{first.line}:{first.col}: {first.code} {first.message}" if first else ""
+        where = (
+            f"{first.path}:{first.line}:{first.col}: {first.code} {first.message}" if first else ""
+        )
         super().__init__(f"{len(diagnostics)} diagnostic(s); first: {where}")

@@ -206,7 +206,9 @@ ATTRIBUTES: Final[frozenset[str]] = frozenset().union(*METHODS_BY_TYPE.values())
 
 REFUSED_ATTRIBUTES: Final[dict[str, str]] = {
     "format": "str.format reaches attributes and items through its field names; use an f-string",
-    "format_map": "str.format_map reaches attributes and items through its field names; use an f-string",
+    "format_map": (
+        "str.format_map reaches attributes and items through its field names; use an f-string"
+    ),
     "encode": "bytes are not a SPy value type",
     "mro": "classes are not part of SPy",
     "to_bytes": "bytes are not a SPy value type",

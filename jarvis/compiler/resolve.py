@@ -14,9 +14,22 @@ import difflib
 from dataclasses import dataclass, field
 
 from jarvis.compiler.diagnostics import Diagnostic
-from jarvis.compiler.language import BUILTINS, REFUSED_BUILTINS, RUNTIME_BUILTINS
+from jarvis.compiler.language import (
+    BOOKS_MODULE,
+    BUILTINS,
+    REFUSED_BUILTINS,
+    RUNTIME_BUILTINS,
+)
 from jarvis.compiler.source import Source
-from jarvis.compiler.validate import book_imports
+from jarvis.compiler.validate import binding_position, book_imports
+
+MAX_SPELLING_HINTS = 20
+"""How many undefined names get a "did you mean" hint. Each hint compares the name with
+every visible one; without a bound, a large program of misspellings takes hours."""
+
+_MAX_HINT_NAME = 64
+"""Longer names are not compared for hints: comparing long strings is slow, and a
+misspelling worth a hint is short."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +59,24 @@ class Scope:
             scope = scope.parent
         return names
 
+    def binds(self, name: str) -> bool:
+        """Whether this scope or an enclosing one binds `name`."""
+        scope: Scope | None = self
+        while scope is not None:
+            if name in scope.bindings:
+                return True
+            scope = scope.parent
+        return False
+
+    def shadows(self, name: str) -> bool:
+        """Whether a scope inside the module, from this one outward, binds `name`."""
+        scope: Scope | None = self
+        while scope is not None and scope.parent is not None:
+            if name in scope.bindings:
+                return True
+            scope = scope.parent
+        return False
+
 
 _COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
 
@@ -54,6 +85,8 @@ class _Resolver:
     def __init__(self, source: Source, tree: ast.Module) -> None:
         self.source = source
         self.books = book_imports(tree)
+        # Book imports seen so far in the walk: local name to Book name.
+        self.imported: dict[str, str] = {}
         # Each `X.attr(...)` call, by the id of its Attribute node: how a Book name
         # learns that it is being called rather than used as a value.
         self.call_of = {
@@ -64,8 +97,17 @@ class _Resolver:
         self.diagnostics: list[Diagnostic] = []
         self.calls: list[BookCall] = []
         self.scopes: list[Scope] = []
+        # Book names read other than in a call, with where: SPY301 unless shadowed.
+        self.book_values: list[tuple[ast.Name, ast.AST | None, Scope]] = []
 
     def report(self, code: str, message: str, node: ast.AST, hint: str | None = None) -> None:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ExceptHandler)):
+            # Point at the name the statement binds, not at the whole statement.
+            line, col, end_col = binding_position(self.source, node)
+            self.diagnostics.append(
+                self.source.diagnostic(code, message, line, col, line, end_col, hint)
+            )
+            return
         self.diagnostics.append(
             self.source.diagnostic(
                 code,
@@ -100,6 +142,21 @@ class _Resolver:
             )
         scope.bindings.add(name)
 
+    def bind_import(self, node: ast.ImportFrom, alias: ast.alias, scope: Scope) -> None:
+        local = alias.asname or alias.name
+        if node.module == BOOKS_MODULE and node.level == 0 and scope.kind == "module":
+            # A name may stand for one Book only (`book_imports` keeps the last one, so
+            # calls made before a second import would be counted against the wrong Book).
+            earlier = self.imported.setdefault(local, alias.name)
+            if earlier != alias.name:
+                self.report(
+                    "SPY302",
+                    f"`{local}` is the Book `{earlier}` already and cannot be imported "
+                    f"as `{alias.name}` too",
+                    alias,
+                )
+        self.bind(local, scope, alias, is_book_import=True)
+
     def bind_target(self, target: ast.AST, scope: Scope) -> None:
         if isinstance(target, ast.Name):
             self.bind(target.id, scope, target)
@@ -121,7 +178,9 @@ class _Resolver:
     # -- walking ------------------------------------------------------------------
 
     def visit(self, node: ast.AST, scope: Scope, parent: ast.AST | None) -> None:
-        if isinstance(node, ast.FunctionDef):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            # `async def` is refused by the validator; resolving it like `def` keeps its
+            # parameters from being reported as undefined names too.
             self.bind(node.name, scope, node)
             self.visit_defaults(node.args, scope)
             inner = self.new_scope("function", scope)
@@ -151,7 +210,7 @@ class _Resolver:
         elif isinstance(node, ast.ImportFrom):
             for alias in node.names:
                 if alias.name != "*":
-                    self.bind(alias.asname or alias.name, scope, alias, is_book_import=True)
+                    self.bind_import(node, alias, scope)
         elif isinstance(node, ast.Assign):
             self.visit(node.value, scope, node)
             for target in node.targets:
@@ -163,7 +222,7 @@ class _Resolver:
                 scope.uses.append(node.target)
             else:
                 self.visit(node.target, scope, node)
-        elif isinstance(node, ast.For):
+        elif isinstance(node, (ast.For, ast.AsyncFor)):
             self.visit(node.iter, scope, node)
             self.bind_target(node.target, scope)
             for statement in [*node.body, *node.orelse]:
@@ -177,9 +236,35 @@ class _Resolver:
                 self.visit(statement, scope, node)
         elif isinstance(node, ast.Name):
             self.visit_name(node, scope, parent)
+        elif isinstance(node, (ast.ClassDef, ast.Import, ast.pattern)):
+            self.visit_refused_binding(node, scope)
         else:
             for child in ast.iter_child_nodes(node):
                 self.visit(child, scope, node)
+
+    def visit_refused_binding(
+        self, node: ast.ClassDef | ast.Import | ast.pattern, scope: Scope
+    ) -> None:
+        """A class, `import` or `case` pattern: refused by the validator already. The
+        names it binds are recorded without further checks, so that their uses are not
+        reported as undefined as well."""
+        if isinstance(node, ast.ClassDef):
+            scope.bindings.add(node.name)
+            for expression in [*node.decorator_list, *node.bases, *node.keywords]:
+                self.visit(expression, scope, node)
+            body = self.new_scope("class", scope)
+            for statement in node.body:
+                self.visit(statement, body, node)
+            return
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                scope.bindings.add(alias.asname or alias.name.partition(".")[0])
+            return
+        for name in (getattr(node, "name", None), getattr(node, "rest", None)):
+            if isinstance(name, str):
+                scope.bindings.add(name)
+        for child in ast.iter_child_nodes(node):
+            self.visit(child, scope, node)
 
     def visit_defaults(self, args: ast.arguments, scope: Scope) -> None:
         for default in [*args.defaults, *(d for d in args.kw_defaults if d is not None)]:
@@ -191,46 +276,59 @@ class _Resolver:
                 self.bind(node.id, scope, node)
             return
         if node.id in self.books:
-            self.check_book_use(node, parent)
+            if isinstance(parent, ast.Attribute) and id(parent) in self.call_of:
+                self.calls.append(
+                    BookCall(
+                        self.books[node.id],
+                        parent.attr,
+                        node.lineno,
+                        self.source.char_col(node.lineno, node.col_offset),
+                    )
+                )
+            else:
+                self.book_values.append((node, parent, scope))
             return
         scope.uses.append(node)
 
-    def check_book_use(self, node: ast.Name, parent: ast.AST | None) -> None:
-        call = self.call_of.get(id(parent)) if isinstance(parent, ast.Attribute) else None
-        if isinstance(parent, ast.Attribute) and call is not None:
-            self.calls.append(
-                BookCall(self.books[node.id], parent.attr, node.lineno, node.col_offset + 1)
-            )
-            return
-        self.report(
-            "SPY301",
-            f"the Book `{node.id}` is used as a value; call one of its procedures: "
-            f"`{node.id}.procedure(...)`",
-            parent if isinstance(parent, ast.Attribute) else node,
-        )
-
     # -- after the walk -----------------------------------------------------------
 
+    def check_book_values(self) -> None:
+        for node, parent, scope in self.book_values:
+            if scope.shadows(node.id):
+                continue  # a parameter or local of that name, reported as SPY302 already
+            self.report(
+                "SPY301",
+                f"the Book `{node.id}` is used as a value; call one of its procedures: "
+                f"`{node.id}.procedure(...)`",
+                parent if isinstance(parent, ast.Attribute) else node,
+            )
+
     def check_uses(self) -> None:
+        hints_left = MAX_SPELLING_HINTS
         for scope in self.scopes:
-            visible: set[str] | None = None
             for use in scope.uses:
                 name = use.id
-                if name.startswith("_") or name in BUILTINS:
+                if name in BUILTINS or scope.binds(name):
                     continue
-                if visible is None:
-                    visible = scope.visible()
-                if name in visible:
-                    continue
+                # Before the `_` test: `__import__` deserves its reason, not just SPY201.
                 if name in REFUSED_BUILTINS:
                     self.report(
                         "SPY204", f"`{name}` is not available in SPy: it {REFUSED_BUILTINS[name]}",
                         use,
                     )
                     continue
-                close = difflib.get_close_matches(name, sorted(visible | BUILTINS), n=1)
-                hint = f"did you mean `{close[0]}`?" if close else None
+                if name.startswith("_"):
+                    continue  # refused by the validator already
+                hint = None
+                if hints_left and len(name) <= _MAX_HINT_NAME:
+                    hints_left -= 1
+                    hint = self.spelling_hint(name, scope)
                 self.report("SPY205", f"name `{name}` is not defined", use, hint)
+
+    def spelling_hint(self, name: str, scope: Scope) -> str | None:
+        known = sorted(n for n in scope.visible() | BUILTINS if len(n) <= _MAX_HINT_NAME)
+        close = difflib.get_close_matches(name, known, n=1)
+        return f"did you mean `{close[0]}`?" if close else None
 
 
 def resolve(source: Source, tree: ast.Module) -> tuple[list[Diagnostic], list[BookCall]]:
@@ -240,4 +338,5 @@ def resolve(source: Source, tree: ast.Module) -> tuple[list[Diagnostic], list[Bo
     for statement in tree.body:
         resolver.visit(statement, module, tree)
     resolver.check_uses()
+    resolver.check_book_values()
     return resolver.diagnostics, resolver.calls

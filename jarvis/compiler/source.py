@@ -9,6 +9,8 @@ Python's `ast` reports into the character columns people and editors use.
 from __future__ import annotations
 
 import hashlib
+import re
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -19,6 +21,42 @@ MAX_SOURCE_BYTES = 1_000_000
 
 _BOM = "\ufeff"
 
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+"""Line ends as Python's tokenizer counts them (`str.splitlines` also splits at form
+feeds, U+2028 and others, which would shift every later line number)."""
+
+
+@dataclass(frozen=True)
+class _LineColumns:
+    """Where the multi-byte characters of one line are, to map byte offsets to columns."""
+
+    starts: list[int]
+    """The byte offset at which each multi-byte character starts, ascending."""
+    ends: list[int]
+    """The byte offset just past each of those characters."""
+    extra: list[int]
+    """`extra[k]`: bytes beyond one per character, summed over the first k of them."""
+    length: int
+    """The line's length in bytes."""
+
+    @classmethod
+    def of(cls, text: str) -> _LineColumns:
+        starts: list[int] = []
+        ends: list[int] = []
+        extra = [0]
+        offset = 0
+        if not text.isascii():
+            for char in text:
+                width = len(char.encode("utf-8", errors="surrogatepass"))
+                if width > 1:
+                    starts.append(offset)
+                    ends.append(offset + width)
+                    extra.append(extra[-1] + width - 1)
+                offset += width
+        else:
+            offset = len(text)
+        return cls(starts, ends, extra, offset)
+
 
 @dataclass(frozen=True)
 class Source:
@@ -27,9 +65,15 @@ class Source:
     path: str
     text: str
     lines: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    _columns: dict[int, _LineColumns] = field(
+        init=False, repr=False, compare=False, default_factory=dict
+    )
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "lines", tuple(self.text.splitlines()))
+        lines = _LINE_BREAK.split(self.text)
+        if lines and not lines[-1]:
+            lines.pop()  # the text ends with a line break, not with an empty line
+        object.__setattr__(self, "lines", tuple(lines))
 
     @cached_property
     def digest(self) -> str:
@@ -43,12 +87,24 @@ class Source:
         return ""
 
     def char_col(self, line: int, byte_offset: int) -> int:
-        """The 1-based character column of a UTF-8 byte offset within `line`."""
-        text = self.line_text(line)
-        encoded = text.encode("utf-8")
-        if byte_offset >= len(encoded):
-            return len(text) + 1 + max(0, byte_offset - len(encoded))
-        return len(encoded[:byte_offset].decode("utf-8", errors="ignore")) + 1
+        """The 1-based character column of a UTF-8 byte offset within `line`.
+
+        An offset inside a multi-byte character counts up to that character's start; an
+        offset past the end of the line counts one column per byte beyond it.
+        """
+        columns = self._columns.get(line)
+        if columns is None:
+            # Built once per line: a program with many diagnostics on one long line
+            # must not re-encode that line for each of them.
+            columns = self._columns[line] = _LineColumns.of(self.line_text(line))
+        if byte_offset >= columns.length:
+            chars = columns.length - columns.extra[-1]
+            return chars + 1 + max(0, byte_offset - columns.length)
+        before = bisect_left(columns.starts, byte_offset)
+        if before and columns.ends[before - 1] > byte_offset:
+            before -= 1
+            byte_offset = columns.starts[before]
+        return byte_offset - columns.extra[before] + 1
 
     def diagnostic(
         self,
@@ -63,10 +119,7 @@ class Source:
         """A diagnostic at an `ast`-style position (byte offsets) in this source."""
         end_line = line if end_line is None else end_line
         col = self.char_col(line, byte_col)
-        if end_byte_col is None:
-            end_col = col + 1
-        else:
-            end_col = self.char_col(end_line, end_byte_col)
+        end_col = col + 1 if end_byte_col is None else self.char_col(end_line, end_byte_col)
         if end_line == line and end_col <= col:
             end_col = col + 1
         return Diagnostic(

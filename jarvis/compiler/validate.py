@@ -1,7 +1,8 @@
 """The whitelist validator: every node, name and attribute of a program, checked.
 
 A node type is allowed only if it is listed in `ALLOWED_NODES`; everything else gets a
-diagnostic, the well-known refused constructs with their own code and hint. Names and
+diagnostic, the well-known refused constructs with their own code and hint, and the walk
+goes on inside it so that one run reports every problem of a program. Names and
 attributes that start with `_`, attributes outside the language's allow-list and
 assignments to attributes are refused here too. Name resolution (what a name refers to)
 is the resolver's job (`resolve.py`); this pass looks at one node at a time.
@@ -10,11 +11,18 @@ is the resolver's job (`resolve.py`); this pass looks at one node at a time.
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 
 from jarvis.compiler.diagnostics import Diagnostic
-from jarvis.compiler.language import ATTRIBUTES, BOOKS_MODULE, REFUSED_ATTRIBUTES
+from jarvis.compiler.language import (
+    ATTRIBUTES,
+    BOOKS_MODULE,
+    REFUSED_ATTRIBUTES,
+    REFUSED_BUILTINS,
+)
 from jarvis.compiler.source import Source
+from jarvis.compiler.syntax import compile_errors
 
 ALLOWED_NODES: frozenset[type[ast.AST]] = frozenset({
     # module and statements
@@ -56,6 +64,10 @@ _REFUSED_NODE_CODES: dict[type[ast.AST], tuple[str, str]] = {
     ast.MatMult: ("SPY116", "the `@` operator is not part of SPy"),
 }
 
+_PARTS_OF_REFUSED: tuple[type[ast.AST], ...] = (ast.withitem, ast.match_case)
+"""Nodes that occur only inside a refused statement, which is reported already; the
+code they hold is still checked."""
+
 _ALLOWED_CONSTANT_TYPES = (str, int, float, bool, type(None))
 
 
@@ -81,19 +93,22 @@ class _Validator:
     def report_span(
         self, code: str, message: str, line: int, col: int, end_col: int, hint: str | None = None
     ) -> None:
-        self.diagnostics.append(self.source.diagnostic(code, message, line, col, line, end_col, hint))
+        self.diagnostics.append(
+            self.source.diagnostic(code, message, line, col, line, end_col, hint)
+        )
 
     # -- walking ------------------------------------------------------------------
 
     def walk(self, node: ast.AST, parent: ast.AST | None) -> None:
         kind = type(node)
-        if kind not in ALLOWED_NODES:
+        if isinstance(node, ast.pattern):
+            return  # `case` patterns bind and compare; the `match` is reported already
+        if kind not in ALLOWED_NODES and not isinstance(node, _PARTS_OF_REFUSED):
             code, message = _REFUSED_NODE_CODES.get(
                 kind, ("SPY119", f"`{kind.__name__}` is not part of SPy")
             )
             # Operators carry no position; report them at their parent expression.
             self.report(code, message, node if hasattr(node, "lineno") else parent or node)
-            return
         check = getattr(self, f"check_{kind.__name__}", None)
         if check is not None:
             check(node, parent)
@@ -102,13 +117,17 @@ class _Validator:
 
     # -- statements ---------------------------------------------------------------
 
-    def check_FunctionDef(self, node: ast.FunctionDef, parent: ast.AST | None) -> None:
-        line, col = self._def_name_position(node)
+    def check_FunctionDef(
+        self, node: ast.FunctionDef | ast.AsyncFunctionDef, parent: ast.AST | None
+    ) -> None:
+        line, col, _ = binding_position(self.source, node)
         self.check_name(node.name, line, col)
         for decorator in node.decorator_list:
             self.report("SPY107", "decorators are not part of SPy", decorator)
         if node.returns is not None:
             self.report("SPY113", "return annotations are not part of SPy v1", node.returns)
+
+    check_AsyncFunctionDef = check_FunctionDef
 
     def check_arguments(self, node: ast.arguments, parent: ast.AST | None) -> None:
         for arg in node.posonlyargs:
@@ -117,7 +136,9 @@ class _Validator:
             )
         for arg in _all_args(node):
             if arg.annotation is not None:
-                self.report("SPY113", "parameter annotations are not part of SPy v1", arg.annotation)
+                self.report(
+                    "SPY113", "parameter annotations are not part of SPy v1", arg.annotation
+                )
 
     def check_arg(self, node: ast.arg, parent: ast.AST | None) -> None:
         self.check_name(node.arg, node.lineno, node.col_offset)
@@ -158,15 +179,22 @@ class _Validator:
                 continue
             self.check_name(alias.name, alias.lineno, alias.col_offset)
             if alias.asname is not None:
-                self.check_name(alias.asname, alias.lineno, alias.col_offset)
+                # `NAME as ASNAME`: the alias node ends where ASNAME does.
+                line = alias.end_lineno or alias.lineno
+                end = alias.end_col_offset or alias.col_offset
+                start = max(end - len(alias.asname.encode("utf-8")), 0)
+                self.check_name(alias.asname, line, start)
 
     def check_ExceptHandler(self, node: ast.ExceptHandler, parent: ast.AST | None) -> None:
         if node.name is not None:
-            self.check_name(node.name, node.lineno, node.col_offset)
+            line, col, _ = binding_position(self.source, node)
+            self.check_name(node.name, line, col)
 
     # -- expressions --------------------------------------------------------------
 
     def check_Name(self, node: ast.Name, parent: ast.AST | None) -> None:
+        if isinstance(node.ctx, ast.Load) and node.id in REFUSED_BUILTINS:
+            return  # `__import__` and kin: the resolver reports SPY204 with the reason
         self.check_name(node.id, node.lineno, node.col_offset)
 
     def check_keyword(self, node: ast.keyword, parent: ast.AST | None) -> None:
@@ -183,7 +211,7 @@ class _Validator:
                 "SPY202", f"attribute `{name}` starts with `_` and is not accessible",
                 line, col, end_col,
             )
-        elif name not in ATTRIBUTES and not self._is_book_call(node, parent):
+        elif name not in ATTRIBUTES and not self._is_book(node.value):
             reason = REFUSED_ATTRIBUTES.get(name)
             message = f"`.{name}` is not an attribute of any SPy value"
             self.report_span("SPY203", message, line, col, end_col, hint=reason)
@@ -217,23 +245,14 @@ class _Validator:
         elif isinstance(target, ast.Starred):
             self.check_target(target.value)
 
-    def _is_book_call(self, node: ast.Attribute, parent: ast.AST | None) -> bool:
-        """`BOOK.procedure(...)`: the attribute names a procedure, not a value's method.
+    def _is_book(self, node: ast.expr) -> bool:
+        """`BOOK.procedure`: the attribute names a procedure, not a value's method.
 
         The resolver guarantees that a Book name is never rebound, so a Name that
-        matches an imported Book always refers to it.
+        matches an imported Book always refers to it; it also reports (SPY301) a
+        procedure named without being called.
         """
-        return (
-            isinstance(node.value, ast.Name)
-            and node.value.id in self.book_names
-            and isinstance(parent, ast.Call)
-            and parent.func is node
-        )
-
-    def _def_name_position(self, node: ast.FunctionDef) -> tuple[int, int]:
-        text = self.source.line_text(node.lineno).encode("utf-8")
-        at = text.find(node.name.encode("utf-8"), node.col_offset)
-        return node.lineno, at if at >= 0 else node.col_offset
+        return isinstance(node, ast.Name) and node.id in self.book_names
 
     def _attribute_position(self, node: ast.Attribute) -> tuple[int, int, int]:
         """Where the attribute's name stands (byte offsets), for a precise caret."""
@@ -243,6 +262,32 @@ class _Validator:
         if start < 0:
             return node.lineno, node.col_offset, end_col
         return end_line, start, end_col
+
+
+def binding_position(
+    source: Source, node: ast.FunctionDef | ast.AsyncFunctionDef | ast.ExceptHandler
+) -> tuple[int, int, int]:
+    """Where the name bound by `def NAME` or `except ... as NAME` stands, as the line and
+    the UTF-8 byte offsets of its start and end; the statement's start if not found."""
+    if isinstance(node, ast.ExceptHandler):
+        name = node.name or ""
+        keyword = "as"
+        after = node.type if node.type is not None else node
+        line, offset = after.end_lineno or node.lineno, after.end_col_offset or 0
+        last = node.body[0].lineno if node.body else line
+    else:
+        name, keyword = node.name, "def"
+        line, offset = node.lineno, node.col_offset
+        last = node.body[0].lineno if node.body else line
+    pattern = re.compile(rf"\b{keyword}\s+({re.escape(name)})(?!\w)")
+    for number in range(line, max(line, last) + 1):
+        text = source.line_text(number)
+        start = source.char_col(number, offset) - 1 if number == line else 0
+        found = pattern.search(text, start)
+        if found is not None:
+            col = len(text[: found.start(1)].encode("utf-8"))
+            return number, col, col + len(name.encode("utf-8"))
+    return node.lineno, node.col_offset, node.col_offset + 1
 
 
 def _all_args(node: ast.arguments) -> Iterator[ast.arg]:
@@ -258,6 +303,7 @@ def _all_args(node: ast.arguments) -> Iterator[ast.arg]:
 _SKIPPED_FIELDS: dict[type[ast.AST], frozenset[str]] = {
     # Reported by the parent's check; walking them would report their insides too.
     ast.FunctionDef: frozenset({"decorator_list", "returns"}),
+    ast.AsyncFunctionDef: frozenset({"decorator_list", "returns"}),
     ast.arg: frozenset({"annotation"}),
 }
 
@@ -287,7 +333,16 @@ def book_imports(tree: ast.Module) -> dict[str, str]:
 
 
 def validate(source: Source, tree: ast.Module) -> list[Diagnostic]:
-    """Check every node of `tree` against the SPy whitelist; return all diagnostics."""
+    """Check every node of `tree` against the SPy whitelist; return all diagnostics.
+
+    A tree that passes is also compiled by CPython, which enforces the rules its parser
+    leaves to the compiler (see `syntax.compile_errors`). Refused constructs are reported
+    first: CPython would call some of them (a top-level `await`) mere syntax errors.
+    """
     validator = _Validator(source, frozenset(book_imports(tree)))
     validator.walk(tree, None)
+    if not validator.diagnostics:
+        failure = compile_errors(source, tree)
+        if failure is not None:
+            validator.diagnostics.append(failure)
     return validator.diagnostics

@@ -6,9 +6,13 @@ A registry is a TOML file:
     python = "books/crm.py"          # in-process, for development and tests
 
     [books.erp]
-    url = "http://127.0.0.1:8080"    # HTTP protocol v1 (docs/books.md)
-    timeout_s = 10
-    token_env = "ERP_TOKEN"
+    url = "http://127.0.0.1:8080"    # HTTP protocol v1 (docs/books.md, http_book.py)
+    timeout_s = 10                   # per attempt; optional
+    token_env = "ERP_TOKEN"          # bearer token from this variable; optional
+    retry_budget_s = 30              # optional
+    max_attempts = 5                 # optional
+
+Unknown keys are refused, so that a typo is not a silently ignored setting.
 
 An in-process Book is a Python file whose public module-level functions are its
 procedures; an exception it raises becomes a `BookError` in the program. Arguments and
@@ -17,15 +21,18 @@ results must be JSON values (None, bool, int, float, str, lists and string-keyed
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import json
 import math
+import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from jarvis.runtime.errors import BookError, RuntimeSetupError
 
@@ -87,7 +94,13 @@ class PythonBook:
             try:
                 spec.loader.exec_module(module)
             except OSError as exc:
-                raise RuntimeSetupError(f"Book {self.name!r}: cannot read {self.path}: {exc}") from exc
+                raise RuntimeSetupError(
+                    f"Book {self.name!r}: cannot read {self.path}: {exc}"
+                ) from exc
+            except Exception as exc:
+                raise RuntimeSetupError(
+                    f"Book {self.name!r}: loading {self.path} failed: {type(exc).__name__}: {exc}"
+                ) from exc
             self._module = module
         return self._module
 
@@ -116,6 +129,18 @@ class PythonBook:
         return to_json_value(result)
 
 
+@runtime_checkable
+class Closable(Protocol):
+    """A Book holding resources (connections) that the registry releases on close."""
+
+    def close(self) -> None: ...
+
+
+BOOK_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+PYTHON_KEYS = frozenset({"python"})
+HTTP_KEYS = frozenset({"url", "timeout_s", "token_env", "retry_budget_s", "max_attempts"})
+
+
 class BookRegistry:
     """The Books available to an execution, by name."""
 
@@ -138,9 +163,25 @@ class BookRegistry:
                 f"(defined: {known})"
             ) from None
 
+    def close(self) -> None:
+        """Release every Book's connections (HTTP Books reopen them if called again)."""
+        for book in self._books.values():
+            if isinstance(book, Closable):
+                book.close()
+
+    def __enter__(self) -> BookRegistry:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     @classmethod
-    def load(cls, path: str | Path) -> BookRegistry:
-        """Read a registry file; relative `python` paths are relative to the file."""
+    def load(cls, path: str | Path, environ: Mapping[str, str] | None = None) -> BookRegistry:
+        """Read a registry file (docs/books.md).
+
+        Relative `python` paths are relative to the file; `token_env` variables are
+        read now, from `environ` (default: the process environment).
+        """
         path = Path(path)
         try:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -148,22 +189,110 @@ class BookRegistry:
             raise RuntimeSetupError(f"cannot read Book registry {path}: {exc}") from exc
         except tomllib.TOMLDecodeError as exc:
             raise RuntimeSetupError(f"Book registry {path} is not valid TOML: {exc}") from exc
+        extra = sorted(set(data) - {"books"})
+        if extra:
+            raise RuntimeSetupError(
+                f"{path}: unknown top-level key(s) {_listing(extra)}; a registry holds only "
+                "[books.NAME] tables"
+            )
         table = data.get("books", {})
         if not isinstance(table, dict):
             raise RuntimeSetupError(f"{path}: `books` must be a table of [books.NAME] entries")
+        env = os.environ if environ is None else environ
         books: dict[str, Book] = {}
         for name, entry in table.items():
+            where = f"{path}: [books.{name}]"
+            if not BOOK_NAME.fullmatch(name):
+                raise RuntimeSetupError(
+                    f"{where}: a Book name is letters, digits and _, starting with a letter"
+                )
             if not isinstance(entry, dict):
-                raise RuntimeSetupError(f"{path}: [books.{name}] must be a table")
-            if "python" in entry:
-                books[name] = PythonBook(name, (path.parent / str(entry["python"])).resolve())
-            elif "url" in entry:
-                raise RuntimeSetupError(
-                    f"{path}: [books.{name}] is an HTTP Book; HTTP Books are not supported "
-                    "by this version of the runtime yet"
-                )
-            else:
-                raise RuntimeSetupError(
-                    f"{path}: [books.{name}] needs `python = \"file.py\"` or `url = \"http://...\"`"
-                )
+                raise RuntimeSetupError(f"{where} must be a table")
+            books[name] = _book_from_entry(name, entry, path, where, env)
         return cls(books)
+
+
+def _book_from_entry(
+    name: str, entry: dict[str, Any], path: Path, where: str, env: Mapping[str, str]
+) -> Book:
+    if "python" in entry and "url" in entry:
+        raise RuntimeSetupError(f"{where} has both `python` and `url`; a Book is one or the other")
+    if "python" in entry:
+        _refuse_unknown_keys(entry, PYTHON_KEYS, where)
+        file = _string(entry, "python", where)
+        resolved = (path.parent / file).resolve()
+        if not resolved.is_file():
+            raise RuntimeSetupError(f"{where}: python file {resolved} does not exist")
+        return PythonBook(name, resolved)
+    if "url" in entry:
+        _refuse_unknown_keys(entry, HTTP_KEYS, where)
+        return _http_book(name, entry, where, env)
+    unknown = sorted(entry)
+    hint = f" (unknown key(s): {_listing(unknown)})" if unknown else ""
+    raise RuntimeSetupError(
+        f"{where} needs `python = \"file.py\"` or `url = \"http://...\"`{hint}"
+    )
+
+
+def _http_book(name: str, entry: dict[str, Any], where: str, env: Mapping[str, str]) -> Book:
+    from jarvis.runtime.http_book import HttpBook, RetryPolicy, check_base_url
+
+    url = _string(entry, "url", where)
+    try:
+        check_base_url(url)
+    except ValueError as exc:
+        raise RuntimeSetupError(f"{where}: {exc}") from None
+    timeout_s = _number(entry, "timeout_s", 10.0, where, positive=True)
+    budget_s = _number(entry, "retry_budget_s", 30.0, where, positive=False)
+    max_attempts = entry.get("max_attempts", 5)
+    if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
+        raise RuntimeSetupError(f"{where}: max_attempts must be an integer of at least 1")
+    token: str | None = None
+    if "token_env" in entry:
+        variable = _string(entry, "token_env", where)
+        if variable not in env:
+            raise RuntimeSetupError(
+                f"{where}: the environment variable {variable} (token_env) is not set"
+            )
+        token = env[variable]
+        if not token.strip():
+            raise RuntimeSetupError(f"{where}: the environment variable {variable} is empty")
+    try:
+        return HttpBook(
+            name, url, timeout_s=timeout_s, token=token,
+            retry=RetryPolicy(budget_s=budget_s, max_attempts=max_attempts),
+        )
+    except RuntimeSetupError as exc:
+        raise RuntimeSetupError(f"{where}: {exc}") from None
+
+
+def _refuse_unknown_keys(entry: dict[str, Any], known: frozenset[str], where: str) -> None:
+    for key in sorted(set(entry) - known):
+        close = difflib.get_close_matches(key, sorted(known), n=1)
+        hint = f"; did you mean `{close[0]}`?" if close else ""
+        raise RuntimeSetupError(
+            f"{where}: unknown key `{key}`{hint} (known keys: {_listing(sorted(known))})"
+        )
+
+
+def _string(entry: dict[str, Any], key: str, where: str) -> str:
+    value = entry[key]
+    if not isinstance(value, str) or not value:
+        raise RuntimeSetupError(f"{where}: `{key}` must be a non-empty string")
+    return value
+
+
+def _number(
+    entry: dict[str, Any], key: str, default: float, where: str, *, positive: bool
+) -> float:
+    value = entry.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise RuntimeSetupError(f"{where}: `{key}` must be a number of seconds")
+    if value < 0 or (positive and value == 0):
+        bound = "positive" if positive else "zero or more"
+        raise RuntimeSetupError(f"{where}: `{key}` must be {bound}")
+    return float(value)
+
+
+def _listing(keys: list[str]) -> str:
+    return ", ".join(f"`{key}`" for key in keys)

@@ -45,4 +45,7 @@ class LimitExceeded(BaseException):
 
 
 class RuntimeSetupError(Exception):
-    """The host set an execution up wrongly (bad Book registry, bad inputs): not the program's fault."""
+    """The host set an execution up wrongly (bad Book registry, bad inputs).
+
+    Not the program's fault: it is reported as a setup error, not as the program's error.
+    """

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from jarvis.compiler import CompileError, Compilation
+from jarvis.compiler import Compilation, CompileError
 from jarvis.compiler.validate import book_imports
 from jarvis.runtime.books import Book, BookRegistry
 from jarvis.runtime.builtins import books_importer, make_builtins, set_inputs

@@ -1,0 +1,738 @@
+"""Statements and expressions of one resumable function, lowered into blocks.
+
+Statements that hold no suspension point (and no jump out of themselves) are copied
+as they are: native Python. The rest are taken apart:
+
+- expressions holding a suspension point go into A-normal form: every value computed
+  before the suspension is kept in a temporary, in Python's evaluation order, so the
+  suspension happens exactly where CPython would make the call;
+- `if`, `while`, `for`, `try` and the jumps between them become blocks and jumps, with
+  try-regions for exception handlers and completion records for `finally`.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from jarvis.compiler.lower.blocks import (
+    BOOK,
+    CHECKPOINT,
+    RETURN,
+    SLEEP,
+    BlockBuilder,
+    assign,
+    call,
+    const,
+    name,
+)
+
+# Completion records of a `finally`: None (fell through), or one of these tuples.
+RAISING = 1  # (RAISING, exception)
+RETURNING = 2  # (RETURNING, value)
+JUMPING = 3  # (JUMPING, target pc, finallys still to run)
+
+
+@dataclass
+class SuspensionSite:
+    """Where a suspension point stands, for errors and trace events."""
+
+    line: int
+    col: int
+    end_line: int
+    end_col: int
+
+
+@dataclass
+class FunctionContext:
+    """What the lowering of one function needs to know about the program."""
+
+    sites: set[int]
+    book_names: dict[str, str]
+    site_table: list[SuspensionSite]
+    # Classifies a suspension-point call: BOOK, SLEEP, CHECKPOINT or CALL.
+    kind_of: Callable[[ast.Call], int]
+
+
+@dataclass
+class _Finally:
+    index: int
+    start: int
+    parent: _Finally | None
+
+
+@dataclass
+class _Loop:
+    head: int
+    after: int
+    finally_depth: int
+
+
+@dataclass
+class _State:
+    finallys: list[_Finally] = field(default_factory=list)
+    loops: list[_Loop] = field(default_factory=list)
+
+
+def _stable(expr: ast.expr) -> bool:
+    """An expression whose value cannot change between now and later in the statement.
+
+    SPy has no `global`, `nonlocal` or walrus, so nothing inside an expression can rebind
+    a name; boxed variables (`_jv_b_x.value`) are only assigned by statements too.
+    """
+    if isinstance(expr, (ast.Constant, ast.Name)):
+        return True
+    return (
+        isinstance(expr, ast.Attribute)
+        and isinstance(expr.value, ast.Name)
+        and expr.value.id.startswith("_jv_b_")
+    )
+
+
+class FunctionLowering:
+    """Lower the body of one resumable function into a BlockBuilder."""
+
+    def __init__(self, context: FunctionContext) -> None:
+        self.context = context
+        self.builder = BlockBuilder()
+        self.builder.start(self.builder.new_block())  # pc 0: where every frame starts
+        self.state = _State()
+        self._has: dict[int, bool] = {}
+        self._finally_count = 0
+
+    # -- what holds a suspension point ------------------------------------------------
+
+    def has(self, node: ast.AST | None) -> bool:
+        if node is None:
+            return False
+        key = id(node)
+        cached = self._has.get(key)
+        if cached is not None:
+            return cached
+        found = key in self.context.sites
+        if not found:
+            for child in ast.iter_child_nodes(node):
+                if isinstance(child, (ast.FunctionDef, ast.Lambda)):
+                    found = any(self.has(d) for d in [*child.args.defaults,
+                                                       *child.args.kw_defaults])
+                else:
+                    found = self.has(child)
+                if found:
+                    break
+        self._has[key] = found
+        return found
+
+    def needs_lowering(self, statement: ast.stmt) -> bool:
+        if self.has(statement):
+            return True
+        if isinstance(statement, (ast.Break, ast.Continue, ast.Return)):
+            return True
+        if isinstance(statement, (ast.If, ast.While, ast.For, ast.Try)):
+            return _escapes_statement(statement) or (
+                bool(self.state.finallys) and _returns(statement)
+            )
+        return False
+
+    # -- statements -----------------------------------------------------------------
+
+    def body(self, statements: list[ast.stmt]) -> None:
+        for statement in statements:
+            if self.needs_lowering(statement):
+                self.statement(statement)
+            else:
+                self.builder.emit(_native_returns(statement))
+
+    def statement(self, node: ast.stmt) -> None:
+        handler = getattr(self, f"stmt_{type(node).__name__}", None)
+        if handler is None:
+            raise NotImplementedError(f"cannot lower {type(node).__name__}")
+        handler(node)
+
+    def stmt_Expr(self, node: ast.Expr) -> None:
+        value = self.expr(node.value)
+        if not _stable(value):
+            self.builder.emit(ast.copy_location(ast.Expr(value=value), node))
+
+    def stmt_Assign(self, node: ast.Assign) -> None:
+        value = self.expr(node.value)
+        if any(self.has(t) for t in node.targets):
+            value = self.spill(value)
+        targets = [self.target(t) for t in node.targets]
+        self.builder.emit(ast.copy_location(ast.Assign(targets=targets, value=value), node))
+
+    def stmt_AugAssign(self, node: ast.AugAssign) -> None:
+        target = node.target
+        if isinstance(target, ast.Subscript):
+            container = self.spill(self.expr(target.value), force=True)
+            key = self.spill(self.expr(target.slice), force=True)
+            old = self.builder.temp()
+            self.builder.emit(assign(old, ast.Subscript(value=container, slice=key,
+                                                        ctx=ast.Load())))
+            value = self.expr(node.value)
+            self.builder.emit(
+                ast.copy_location(ast.AugAssign(target=name(old, store=True), op=node.op,
+                                                value=value), node),
+                ast.Assign(targets=[ast.Subscript(value=container, slice=key, ctx=ast.Store())],
+                           value=name(old)),
+            )
+            return
+        value = self.expr(node.value)
+        self.builder.emit(ast.copy_location(
+            ast.AugAssign(target=target, op=node.op, value=value), node))
+
+    def stmt_Return(self, node: ast.Return) -> None:
+        value = self.expr(node.value) if node.value is not None else const(None)
+        self.do_return(value)
+
+    def do_return(self, value: ast.expr) -> None:
+        if not self.state.finallys:
+            self.builder.terminate(ast.Return(value=ast.Tuple(elts=[const(RETURN), value],
+                                                              ctx=ast.Load())))
+            return
+        innermost = self.state.finallys[-1]
+        record = ast.Tuple(elts=[const(RETURNING), value], ctx=ast.Load())
+        self.builder.emit(assign(f"_jv_c{innermost.index}", record))
+        self.builder.jump(innermost.start)
+
+    def stmt_Raise(self, node: ast.Raise) -> None:
+        exc, cause = self.sequence([node.exc, node.cause])
+        self.builder.terminate(ast.copy_location(ast.Raise(exc=exc, cause=cause), node))
+
+    def stmt_Assert(self, node: ast.Assert) -> None:
+        test = self.expr(node.test)
+        if not self.has(node.msg):
+            self.builder.emit(ast.copy_location(ast.Assert(test=test, msg=node.msg), node))
+            return
+        failing, after = self.builder.new_block(), self.builder.new_block()
+        self.builder.branch(test, after, failing)
+        self.builder.start(failing)
+        message = self.expr(node.msg) if node.msg is not None else None
+        error = ast.Call(func=name("AssertionError"), args=[message] if message else [],
+                         keywords=[])
+        self.builder.terminate(ast.copy_location(ast.Raise(exc=error, cause=None), node))
+        self.builder.start(after)
+
+    def stmt_Delete(self, node: ast.Delete) -> None:
+        targets = [self.target(t) for t in node.targets]
+        self.builder.emit(ast.copy_location(ast.Delete(targets=targets), node))
+
+    def stmt_Pass(self, node: ast.Pass) -> None:
+        return
+
+    def stmt_FunctionDef(self, node: ast.FunctionDef) -> None:
+        # Only a plain def whose defaults suspend gets here.
+        defaults = self.sequence(list(node.args.defaults))
+        kw_defaults = self.sequence(list(node.args.kw_defaults))
+        copy = ast.FunctionDef(
+            name=node.name,
+            args=ast.arguments(
+                posonlyargs=node.args.posonlyargs, args=node.args.args, vararg=node.args.vararg,
+                kwonlyargs=node.args.kwonlyargs, kw_defaults=kw_defaults, kwarg=node.args.kwarg,
+                defaults=[d for d in defaults if d is not None],
+            ),
+            body=node.body, decorator_list=[], returns=None, type_comment=None,
+        )
+        self.builder.emit(ast.copy_location(copy, node))
+
+    def stmt_If(self, node: ast.If) -> None:
+        test = self.expr(node.test)
+        then, otherwise, after = (self.builder.new_block() for _ in range(3))
+        self.builder.branch(test, then, otherwise if node.orelse else after)
+        self.builder.start(then)
+        self.body(node.body)
+        self.builder.jump(after)
+        if node.orelse:
+            self.builder.start(otherwise)
+            self.body(node.orelse)
+            self.builder.jump(after)
+        self.builder.start(after)
+
+    def stmt_While(self, node: ast.While) -> None:
+        head, loop_body, otherwise, after = (self.builder.new_block() for _ in range(4))
+        self.builder.jump(head)
+        self.builder.start(head)
+        test = self.expr(node.test)
+        self.builder.branch(test, loop_body, otherwise)
+        self.builder.start(loop_body)
+        self.state.loops.append(_Loop(head, after, len(self.state.finallys)))
+        self.body(node.body)
+        self.state.loops.pop()
+        self.builder.jump(head)
+        self.builder.start(otherwise)
+        self.body(node.orelse)
+        self.builder.jump(after)
+        self.builder.start(after)
+
+    def stmt_For(self, node: ast.For) -> None:
+        iterable = self.expr(node.iter)
+        iterator = self.builder.temp("it")
+        item = self.builder.temp("v")
+        self.builder.emit(assign(iterator, call("_jv_iter", iterable)))
+        head, loop_body, otherwise, after = (self.builder.new_block() for _ in range(4))
+        self.builder.jump(head)
+        self.builder.start(head)
+        self.builder.emit(assign(item, call("_jv_next", name(iterator), name("_jv_END"))))
+        done = ast.Compare(left=name(item), ops=[ast.Is()], comparators=[name("_jv_END")])
+        self.builder.branch(done, otherwise, loop_body)
+        self.builder.start(loop_body)
+        target = self.target(node.target)
+        self.builder.emit(ast.copy_location(ast.Assign(targets=[target], value=name(item)),
+                                            node.target))
+        self.state.loops.append(_Loop(head, after, len(self.state.finallys)))
+        self.body(node.body)
+        self.state.loops.pop()
+        self.builder.jump(head)
+        self.builder.start(otherwise)
+        self.builder.emit(assign(iterator, const(None)), assign(item, const(None)))
+        self.body(node.orelse)
+        self.builder.jump(after)
+        self.builder.start(after)
+        # A `break` arrives here with the iterator still set: drop it from the frame.
+        self.builder.emit(assign(iterator, const(None)), assign(item, const(None)))
+
+    def stmt_Break(self, node: ast.Break) -> None:
+        loop = self.state.loops[-1]
+        self.jump_through_finallys(loop.after, loop.finally_depth)
+
+    def stmt_Continue(self, node: ast.Continue) -> None:
+        loop = self.state.loops[-1]
+        self.jump_through_finallys(loop.head, loop.finally_depth)
+
+    def jump_through_finallys(self, target: int, depth: int) -> None:
+        crossing = self.state.finallys[depth:]
+        if not crossing:
+            self.builder.jump(target)
+            return
+        innermost = crossing[-1]
+        record = ast.Tuple(elts=[const(JUMPING), const(target), const(len(crossing) - 1)],
+                           ctx=ast.Load())
+        self.builder.emit(assign(f"_jv_c{innermost.index}", record))
+        self.builder.jump(innermost.start)
+
+    def stmt_Try(self, node: ast.Try) -> None:
+        b = self.builder
+        outer = b.handler
+        after = b.new_block()
+        fin: _Finally | None = None
+        fin_raise = -1
+        if node.finalbody:
+            self._finally_count += 1
+            parent = self.state.finallys[-1] if self.state.finallys else None
+            fin = _Finally(self._finally_count, b.new_block(), parent)
+            fin_raise = b.new_block()
+        dispatch = b.new_block() if node.handlers else -1
+        body_start = b.new_block()
+        b.jump(body_start)
+
+        # The protected body.
+        b.handler = dispatch if node.handlers else fin_raise if fin else outer
+        if fin:
+            self.state.finallys.append(fin)
+        b.start(body_start)
+        self.body(node.body)
+        b.handler = fin_raise if fin else outer
+        else_start = b.new_block()
+        b.jump(else_start)
+
+        # Handlers: match the exception in order, as Python does.
+        if node.handlers:
+            caught = f"_jv_x{body_start}"
+            b.start(dispatch)
+            b.emit(assign(caught, name("_jv_exc")))
+            for handler in node.handlers:
+                handler_start, next_test = b.new_block(), b.new_block()
+                if handler.type is None:
+                    b.jump(handler_start)
+                else:
+                    kind = self.expr(handler.type)
+                    b.branch(call("_jv_exc_match", name(caught), kind), handler_start, next_test)
+                b.start(handler_start)
+                if handler.name is not None:
+                    b.emit(assign(handler.name, name(caught)))
+                self.body(handler.body)
+                if handler.name is not None and b.current is not None:
+                    # Python unbinds the name when the handler ends.
+                    b.emit(ast.Delete(targets=[ast.Name(id=handler.name, ctx=ast.Del())]))
+                if fin and b.current is not None:
+                    b.emit(assign(f"_jv_c{fin.index}", const(None)))
+                b.jump(fin.start if fin else after)
+                b.start(next_test)
+            b.terminate(ast.Raise(exc=name(caught), cause=None))
+
+        # Else runs only when the body completed without an exception.
+        b.start(else_start)
+        self.body(node.orelse)
+        if fin:
+            b.emit(assign(f"_jv_c{fin.index}", const(None)))
+        b.jump(fin.start if fin else after)
+
+        b.handler = outer
+        if fin:
+            self.state.finallys.pop()
+            # An exception anywhere in the protected part runs the finally, then re-raises.
+            b.start(fin_raise)
+            record = ast.Tuple(elts=[const(RAISING), name("_jv_exc")], ctx=ast.Load())
+            b.emit(assign(f"_jv_c{fin.index}", record))
+            b.jump(fin.start)
+            self.finally_block(node.finalbody, fin, after)
+        b.start(after)
+
+    def finally_block(self, statements: list[ast.stmt], fin: _Finally, after: int) -> None:
+        b = self.builder
+        b.start(fin.start)
+        completion = f"_jv_c{fin.index}"
+        held = f"_jv_cc{fin.index}"
+        # The body may run a nested try that overwrites nothing of ours, but a nested
+        # finally of the same function has its own record; keep ours in a fresh name.
+        b.emit(assign(held, name(completion)))
+        self.body(statements)
+        if b.current is None:
+            return
+        record = name(held)
+        b.emit(ast.If(
+            test=ast.Compare(left=record, ops=[ast.Is()], comparators=[const(None)]),
+            body=[assign("_jv_pc", const(after)), ast.Continue()],
+            orelse=[],
+        ))
+        kind = ast.Subscript(value=record, slice=const(0), ctx=ast.Load())
+        payload = ast.Subscript(value=record, slice=const(1), ctx=ast.Load())
+        b.emit(ast.If(
+            test=ast.Compare(left=kind, ops=[ast.Eq()], comparators=[const(RAISING)]),
+            body=[ast.Raise(exc=payload, cause=None)],
+            orelse=[],
+        ))
+        parent = fin.parent
+        if parent is None:
+            on_return: list[ast.stmt] = [ast.Return(value=ast.Tuple(
+                elts=[const(RETURN), payload], ctx=ast.Load()))]
+        else:
+            on_return = [assign(f"_jv_c{parent.index}", record),
+                         assign("_jv_pc", const(parent.start)), ast.Continue()]
+        b.emit(ast.If(
+            test=ast.Compare(left=kind, ops=[ast.Eq()], comparators=[const(RETURNING)]),
+            body=on_return,
+            orelse=[],
+        ))
+        remaining = ast.Subscript(value=record, slice=const(2), ctx=ast.Load())
+        forward: list[ast.stmt]
+        if parent is None:
+            forward = [assign("_jv_pc", payload), ast.Continue()]
+        else:
+            forward = [
+                assign(f"_jv_c{parent.index}", ast.Tuple(elts=[
+                    const(JUMPING), payload,
+                    ast.BinOp(left=remaining, op=ast.Sub(), right=const(1)),
+                ], ctx=ast.Load())),
+                assign("_jv_pc", const(parent.start)),
+                ast.Continue(),
+            ]
+        b.terminate(ast.If(
+            test=ast.Compare(left=remaining, ops=[ast.Eq()], comparators=[const(0)]),
+            body=[assign("_jv_pc", payload), ast.Continue()],
+            orelse=forward,
+        ))
+
+    # -- targets --------------------------------------------------------------------
+
+    def target(self, node: ast.expr) -> ast.expr:
+        """A store target whose parts (subscript containers and keys) are lowered."""
+        if not self.has(node):
+            return node
+        if isinstance(node, ast.Subscript):
+            container, key = self.sequence([node.value, node.slice])
+            assert container is not None and key is not None
+            return ast.Subscript(value=container, slice=key, ctx=node.ctx)
+        if isinstance(node, (ast.Tuple, ast.List)):
+            elements = [self.target(e) for e in node.elts]
+            return type(node)(elts=elements, ctx=node.ctx)
+        if isinstance(node, ast.Starred):
+            return ast.Starred(value=self.target(node.value), ctx=node.ctx)
+        if isinstance(node, ast.Attribute):
+            return ast.Attribute(value=self.expr(node.value), attr=node.attr, ctx=node.ctx)
+        return node
+
+    # -- expressions ----------------------------------------------------------------
+
+    def spill(self, value: ast.expr, force: bool = False) -> ast.expr:
+        if _stable(value) and not force:
+            return value
+        temp = self.builder.temp()
+        self.builder.emit(assign(temp, value))
+        return name(temp)
+
+    def sequence(self, nodes: list[ast.expr | None]) -> list[ast.expr | None]:
+        """Lower expressions evaluated left to right; keep earlier values in temporaries
+        when a later one suspends."""
+        last = max((i for i, n in enumerate(nodes) if self.has(n)), default=-1)
+        out: list[ast.expr | None] = []
+        for index, node in enumerate(nodes):
+            if node is None:
+                out.append(None)
+                continue
+            if isinstance(node, ast.Starred):
+                value = self.expr(node.value)
+                if index < last:
+                    value = self.spill(ast.List(elts=[ast.Starred(value=value, ctx=ast.Load())],
+                                                ctx=ast.Load()), force=True)
+                out.append(ast.Starred(value=value, ctx=ast.Load()))
+                continue
+            lowered = self.expr(node)
+            if index < last:
+                lowered = self.spill(lowered)
+            out.append(lowered)
+        return out
+
+    def expr(self, node: ast.expr) -> ast.expr:
+        if not self.has(node):
+            return node
+        method = getattr(self, f"expr_{type(node).__name__}", None)
+        if method is None:
+            raise NotImplementedError(f"cannot lower expression {type(node).__name__}")
+        result: ast.expr = method(node)
+        return result
+
+    def arguments(self, node: ast.Call, head: list[ast.expr]) -> tuple[list[ast.expr],
+                                                                      list[ast.expr],
+                                                                      list[ast.keyword]]:
+        """Lower `head` (callee parts), then positional and keyword arguments in order."""
+        keyword_values: list[ast.expr | None] = []
+        for keyword in node.keywords:
+            value = keyword.value
+            if keyword.arg is None and self.has_later(node, keyword):
+                value = ast.Dict(keys=[None], values=[value])
+            keyword_values.append(value)
+        lowered = self.sequence([*head, *node.args, *keyword_values])
+        head_out = [e for e in lowered[: len(head)] if e is not None]
+        args_out = [e for e in lowered[len(head): len(head) + len(node.args)] if e is not None]
+        keywords_out = [
+            ast.keyword(arg=k.arg, value=v)
+            for k, v in zip(node.keywords, lowered[len(head) + len(node.args):], strict=True)
+            if v is not None
+        ]
+        return head_out, args_out, keywords_out
+
+    def has_later(self, node: ast.Call, keyword: ast.keyword) -> bool:
+        later = node.keywords[node.keywords.index(keyword) + 1:]
+        return any(self.has(k.value) for k in later)
+
+    def expr_Call(self, node: ast.Call) -> ast.expr:
+        if id(node) in self.context.sites:
+            return self.suspending_call(node)
+        func = node.func
+        if isinstance(func, ast.Attribute):
+            (receiver,), args, keywords = self.arguments(node, [func.value])
+            method = ast.Attribute(value=receiver, attr=func.attr, ctx=ast.Load())
+            return ast.Call(func=method, args=args, keywords=keywords)
+        (callee,), args, keywords = self.arguments(node, [func])
+        return ast.Call(func=callee, args=args, keywords=keywords)
+
+    def suspending_call(self, node: ast.Call) -> ast.expr:
+        kind = self.context.kind_of(node)
+        site = len(self.context.site_table)
+        self.context.site_table.append(SuspensionSite(
+            node.lineno, node.col_offset, node.end_lineno or node.lineno,
+            node.end_col_offset or node.col_offset,
+        ))
+        if kind == BOOK:
+            assert isinstance(node.func, ast.Attribute) and isinstance(node.func.value, ast.Name)
+            target: ast.expr = const((self.context.book_names[node.func.value.id],
+                                       node.func.attr))
+            _, args, keywords = self.arguments(node, [])
+        elif kind in (SLEEP, CHECKPOINT):
+            target = const(None)
+            _, args, keywords = self.arguments(node, [])
+        else:
+            (target,), args, keywords = self.arguments(node, [node.func])
+        effect = ast.Tuple(elts=[
+            const(kind),
+            target,
+            ast.Tuple(elts=args, ctx=ast.Load()),
+            ast.Call(func=name("_jv_kw"), args=[], keywords=keywords),
+            const(site),
+        ], ctx=ast.Load())
+        return self.builder.suspend(ast.copy_location(effect, node))
+
+    def expr_BoolOp(self, node: ast.BoolOp) -> ast.expr:
+        result = self.builder.temp()
+        after = self.builder.new_block()
+        first = self.expr(node.values[0])
+        self.builder.emit(assign(result, first))
+        for value in node.values[1:]:
+            following = self.builder.new_block()
+            if isinstance(node.op, ast.And):
+                self.builder.branch(name(result), following, after)
+            else:
+                self.builder.branch(name(result), after, following)
+            self.builder.start(following)
+            self.builder.emit(assign(result, self.expr(value)))
+        self.builder.jump(after)
+        self.builder.start(after)
+        return name(result)
+
+    def expr_IfExp(self, node: ast.IfExp) -> ast.expr:
+        test = self.expr(node.test)
+        if not self.has(node.body) and not self.has(node.orelse):
+            return ast.IfExp(test=test, body=node.body, orelse=node.orelse)
+        result = self.builder.temp()
+        then, otherwise, after = (self.builder.new_block() for _ in range(3))
+        self.builder.branch(test, then, otherwise)
+        self.builder.start(then)
+        self.builder.emit(assign(result, self.expr(node.body)))
+        self.builder.jump(after)
+        self.builder.start(otherwise)
+        self.builder.emit(assign(result, self.expr(node.orelse)))
+        self.builder.jump(after)
+        self.builder.start(after)
+        return name(result)
+
+    def expr_Compare(self, node: ast.Compare) -> ast.expr:
+        if not any(self.has(c) for c in node.comparators):
+            return ast.Compare(left=self.expr(node.left), ops=node.ops,
+                               comparators=node.comparators)
+        result = self.builder.temp()
+        after = self.builder.new_block()
+        left = self.spill(self.expr(node.left), force=True)
+        count = len(node.ops)
+        for index, (op, comparator) in enumerate(zip(node.ops, node.comparators, strict=True)):
+            right = self.expr(comparator)
+            if index < count - 1:
+                right = self.spill(right, force=True)
+            self.builder.emit(assign(result, ast.Compare(left=left, ops=[op],
+                                                         comparators=[right])))
+            if index < count - 1:
+                following = self.builder.new_block()
+                self.builder.branch(name(result), following, after)
+                self.builder.start(following)
+                left = right
+        self.builder.jump(after)
+        self.builder.start(after)
+        return name(result)
+
+    def expr_BinOp(self, node: ast.BinOp) -> ast.expr:
+        left, right = self.sequence([node.left, node.right])
+        assert left is not None and right is not None
+        return ast.BinOp(left=left, op=node.op, right=right)
+
+    def expr_UnaryOp(self, node: ast.UnaryOp) -> ast.expr:
+        return ast.UnaryOp(op=node.op, operand=self.expr(node.operand))
+
+    def expr_Attribute(self, node: ast.Attribute) -> ast.expr:
+        return ast.Attribute(value=self.expr(node.value), attr=node.attr, ctx=node.ctx)
+
+    def expr_Subscript(self, node: ast.Subscript) -> ast.expr:
+        value, key = self.sequence([node.value, node.slice])
+        assert value is not None and key is not None
+        return ast.Subscript(value=value, slice=key, ctx=node.ctx)
+
+    def expr_Slice(self, node: ast.Slice) -> ast.expr:
+        lower, upper, step = self.sequence([node.lower, node.upper, node.step])
+        return ast.Slice(lower=lower, upper=upper, step=step)
+
+    def expr_Starred(self, node: ast.Starred) -> ast.expr:
+        return ast.Starred(value=self.expr(node.value), ctx=node.ctx)
+
+    def expr_List(self, node: ast.List) -> ast.expr:
+        return ast.List(elts=[e for e in self.sequence(list(node.elts)) if e is not None],
+                        ctx=node.ctx)
+
+    def expr_Tuple(self, node: ast.Tuple) -> ast.expr:
+        return ast.Tuple(elts=[e for e in self.sequence(list(node.elts)) if e is not None],
+                         ctx=node.ctx)
+
+    def expr_Set(self, node: ast.Set) -> ast.expr:
+        return ast.Set(elts=[e for e in self.sequence(list(node.elts)) if e is not None])
+
+    def expr_Dict(self, node: ast.Dict) -> ast.expr:
+        flat: list[ast.expr | None] = []
+        for key, value in zip(node.keys, node.values, strict=True):
+            if key is None:
+                # `**mapping`: copy it where Python would merge it.
+                flat.append(ast.Dict(keys=[None], values=[value]))
+            else:
+                flat.extend([key, value])
+        lowered = self.sequence(flat)
+        keys: list[ast.expr | None] = []
+        values: list[ast.expr] = []
+        index = 0
+        for key in node.keys:
+            if key is None:
+                merged = lowered[index]
+                assert merged is not None
+                keys.append(None)
+                values.append(merged)
+                index += 1
+            else:
+                lowered_key, lowered_value = lowered[index], lowered[index + 1]
+                assert lowered_value is not None
+                keys.append(lowered_key)
+                values.append(lowered_value)
+                index += 2
+        return ast.Dict(keys=keys, values=values)
+
+    def expr_JoinedStr(self, node: ast.JoinedStr) -> ast.expr:
+        parts = list(node.values)
+        lowered = self.sequence([p for p in parts])
+        return ast.JoinedStr(values=[p for p in lowered if p is not None])
+
+    def expr_FormattedValue(self, node: ast.FormattedValue) -> ast.expr:
+        value, spec = self.sequence([node.value, node.format_spec])
+        assert value is not None
+        return ast.FormattedValue(value=value, conversion=node.conversion, format_spec=spec)
+
+    def expr_Lambda(self, node: ast.Lambda) -> ast.expr:
+        defaults = self.sequence([*node.args.defaults, *node.args.kw_defaults])
+        count = len(node.args.defaults)
+        arguments = ast.arguments(
+            posonlyargs=node.args.posonlyargs, args=node.args.args, vararg=node.args.vararg,
+            kwonlyargs=node.args.kwonlyargs, kw_defaults=defaults[count:],
+            kwarg=node.args.kwarg, defaults=[d for d in defaults[:count] if d is not None],
+        )
+        return ast.Lambda(args=arguments, body=node.body)
+
+
+def _escapes(node: ast.AST, in_loop: bool) -> bool:
+    """Whether a `break` or `continue` below `node` leaves it for an enclosing loop."""
+    if isinstance(node, (ast.Break, ast.Continue)):
+        return not in_loop
+    if isinstance(node, (ast.FunctionDef, ast.Lambda)):
+        return False
+    if isinstance(node, (ast.For, ast.While)):
+        # Jumps in a loop's body are its own; those in its `else` clause are not.
+        return any(_escapes(statement, in_loop) for statement in node.orelse)
+    return any(_escapes(child, in_loop) for child in ast.iter_child_nodes(node))
+
+
+def _escapes_statement(statement: ast.stmt) -> bool:
+    if isinstance(statement, (ast.For, ast.While)):
+        return any(_escapes(s, False) for s in statement.orelse)
+    return _escapes(statement, False)
+
+
+def _returns(node: ast.AST) -> bool:
+    return any(isinstance(child, ast.Return) for child in ast.walk(node))
+
+
+class _NativeReturns(ast.NodeTransformer):
+    """`return v` in native code of a step function: `return (RETURN, v)`."""
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.AST:
+        return node
+
+    def visit_Lambda(self, node: ast.Lambda) -> ast.AST:
+        return node
+
+    def visit_Return(self, node: ast.Return) -> ast.AST:
+        value = node.value if node.value is not None else const(None)
+        return ast.copy_location(
+            ast.Return(value=ast.Tuple(elts=[const(RETURN), value], ctx=ast.Load())), node)
+
+
+def _native_returns(statement: ast.stmt) -> ast.stmt:
+    if isinstance(statement, ast.FunctionDef):
+        return statement
+    if not any(isinstance(n, ast.Return) for n in ast.walk(statement)):
+        return statement
+    result = _NativeReturns().visit(statement)
+    assert isinstance(result, ast.stmt)
+    return result

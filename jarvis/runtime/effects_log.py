@@ -1,0 +1,93 @@
+"""The record of an execution's completed effects, and its replay after a resume.
+
+Every completed effect (a Book call's result or error, `now()`, `sleep`, `checkpoint`)
+is one journal record, JSON-encoded, appended (and fsynced) before the program sees the
+result. After a resume, effects the journal already holds are served from it, in order
+and without calling any Book; a record that does not match what the program asks for
+means the program is not the one that wrote the journal, which is refused.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from jarvis.runtime.errors import BookError
+
+
+class NondeterminismError(RuntimeError):
+    """A resumed program asked for a different effect than the journal recorded."""
+
+
+class EffectStore(Protocol):
+    """Where effect records go: a durable journal or, for tests, a list."""
+
+    @property
+    def count(self) -> int: ...
+
+    def append(self, payload: bytes) -> int: ...
+
+    def record(self, index: int) -> bytes: ...
+
+
+class MemoryEffects:
+    """An in-memory effect store (tests, benchmarks, non-durable runs)."""
+
+    def __init__(self, records: Sequence[bytes] = ()) -> None:
+        self.records = list(records)
+
+    @property
+    def count(self) -> int:
+        return len(self.records)
+
+    def append(self, payload: bytes) -> int:
+        self.records.append(payload)
+        return len(self.records) - 1
+
+    def record(self, index: int) -> bytes:
+        return self.records[index]
+
+
+def encode(record: dict[str, Any]) -> bytes:
+    return json.dumps(record, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False).encode("utf-8")
+
+
+def decode(payload: bytes) -> dict[str, Any]:
+    record = json.loads(payload.decode("utf-8"))
+    if not isinstance(record, dict) or "k" not in record:
+        raise NondeterminismError("a journal record is not an effect record")
+    return record
+
+
+def book_record(book: str, procedure: str, result: Any, error: BookError | None,
+                duration_ms: float) -> dict[str, Any]:
+    record: dict[str, Any] = {"k": "book", "b": book, "p": procedure,
+                              "ms": round(duration_ms, 3)}
+    if error is None:
+        record["ok"] = result
+    else:
+        record["err"] = {"type": error.error_type, "message": error.message,
+                         "status": error.status}
+    return record
+
+
+def book_outcome(record: dict[str, Any]) -> tuple[Any, BookError | None]:
+    if "err" in record:
+        err = record["err"]
+        return None, BookError(record["b"], record["p"], str(err["type"]), str(err["message"]),
+                               err.get("status"))
+    return record.get("ok"), None
+
+
+def expect(record: dict[str, Any], kind: str, index: int, **fields: Any) -> None:
+    """Refuse to replay a record of another kind or for another call."""
+    found = {key: record.get(key) for key in fields}
+    if record.get("k") != kind or found != fields:
+        wanted = ", ".join(f"{k}={v!r}" for k, v in fields.items())
+        raise NondeterminismError(
+            f"effect {index + 1}: the journal holds {record.get('k')!r} {found}, but the "
+            f"program now asks for {kind!r} {wanted}; the program or its inputs changed "
+            "since this execution started"
+        )

@@ -1,0 +1,141 @@
+"""Frames and resumable functions: the picklable continuation of a running program.
+
+A `Frame` is plain data: which function (`fid`), where in it (`pc`), and its local
+variables. A `ResumableFunction` is what a `def` of a function that may suspend
+creates: the function's number, the cells it closes over, and a binder (a Python
+function with the user's signature) that turns call arguments into the frame's first
+locals with Python's own argument rules. `Cell` holds a variable that a frame shares
+with a closure across suspensions, so both keep seeing the same value after a resume.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from jarvis.compiler.lower.blocks import STEP_INTERNALS
+
+
+class Cell:
+    """A variable shared between a frame and the closures it created."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, *value: Any) -> None:
+        if value:
+            self.value = value[0]
+
+    def __repr__(self) -> str:
+        return "<cell>"
+
+    def __getstate__(self) -> tuple[Any, ...]:
+        try:
+            return (self.value,)
+        except AttributeError:
+            return ()
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        if state:
+            self.value = state[0]
+
+
+class Frame:
+    """One activation of a resumable function (fid 0 is the program's top level)."""
+
+    __slots__ = ("fid", "locals", "name", "pc")
+
+    def __init__(self, fid: int, pc: int, local_vars: dict[str, Any], name: str) -> None:
+        self.fid = fid
+        self.pc = pc
+        self.locals = local_vars
+        self.name = name
+
+    def __getstate__(self) -> tuple[int, int, dict[str, Any], str]:
+        return (self.fid, self.pc, self.locals, self.name)
+
+    def __setstate__(self, state: tuple[int, int, dict[str, Any], str]) -> None:
+        self.fid, self.pc, self.locals, self.name = state
+
+    def __repr__(self) -> str:
+        return f"<frame {self.name} pc={self.pc}>"
+
+
+class SuspendingCallError(TypeError):
+    """A function that may call Books was called where the program cannot suspend."""
+
+
+class ResumableFunction:
+    """A SPy function that may suspend, as a value the program can hold and call."""
+
+    __slots__ = ("binder", "cells", "fid", "name", "qualname")
+
+    def __init__(
+        self,
+        fid: int,
+        name: str,
+        qualname: str,
+        binder: Callable[..., dict[str, Any]],
+        cells: dict[str, Cell],
+    ) -> None:
+        self.fid = fid
+        self.name = name
+        self.qualname = qualname
+        self.binder = binder
+        self.cells = cells
+
+    def __getstate__(self) -> tuple[Any, ...]:
+        return (self.fid, self.name, self.qualname, self.binder, self.cells)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        self.fid, self.name, self.qualname, self.binder, self.cells = state
+
+    def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The new frame's locals: the arguments bound by Python's rules, and the cells."""
+        local_vars = self.binder(*args, **kwargs)
+        local_vars.update(self.cells)
+        return local_vars
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise SuspendingCallError(
+            f"{self.name}() calls Books or sleeps, so it cannot be called from inside a "
+            "builtin (such as a sorted() key or map()); call it directly instead"
+        )
+
+    def __repr__(self) -> str:
+        return f"<function {self.qualname}>"
+
+
+def save_locals(local_vars: dict[str, Any]) -> dict[str, Any]:
+    """The part of a step function's locals that belongs in its frame."""
+    return {k: v for k, v in local_vars.items() if k not in STEP_INTERNALS}
+
+
+def keywords(**kwargs: Any) -> dict[str, Any]:
+    """Collect keyword arguments with Python's own checks (duplicates, str keys)."""
+    return kwargs
+
+
+def exception_matches(error: BaseException, kind: Any) -> bool:
+    """`except kind:` as Python decides it, including its TypeError for non-classes."""
+    classes = kind if isinstance(kind, tuple) else (kind,)
+    for item in classes:
+        if not (isinstance(item, type) and issubclass(item, BaseException)):
+            raise TypeError(
+                "catching classes that do not inherit from BaseException is not allowed"
+            )
+    return isinstance(error, kind)
+
+
+class _End:
+    """The marker `next()` returns when a lowered for loop's iterator is exhausted."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<end>"
+
+    def __reduce__(self) -> str:
+        return "END"
+
+
+END = _End()

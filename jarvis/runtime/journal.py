@@ -1,0 +1,428 @@
+"""The journal of an execution: one signed, checksummed record per completed effect.
+
+The Machine appends a record for every effect before the program goes on, so a resume
+can feed the program the results it already had instead of calling Books again. This
+module only moves bytes: it never looks inside a payload.
+
+File layout (docs/durability.md is the reference):
+
+    header  magic "JARVJRNL" | version u16 | id length u16 | execution id | crc32 u32
+    record  length u32 | crc32 u32 | HMAC-SHA256 (32 bytes) | payload
+
+All integers are big-endian. A record's crc32 covers its length, HMAC and payload; its
+HMAC covers the execution id, the record's index and the payload, so records cannot be
+moved between journals or reordered. On open, a damaged end (a crash mid-append) is cut
+off and counted in `dropped_tail_bytes`; damage followed by intact records, or a record
+no key verifies, raises `JournalCorrupt`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import mmap
+import os
+import struct
+import zlib
+from array import array
+from collections.abc import Callable, Iterator, Sequence
+from hashlib import sha256
+from pathlib import Path
+from types import TracebackType
+
+from jarvis.runtime.statedir import (
+    FILE_MODE,
+    StateError,
+    check_hmac_keys,
+    fsync_directory,
+    validate_execution_id,
+    write_all,
+)
+
+MAGIC = b"JARVJRNL"
+FORMAT_VERSION = 1
+#: Larger payloads are refused on append and taken as a damaged length on open.
+MAX_PAYLOAD_BYTES = 256 << 20
+
+_HEADER_FIXED = struct.Struct(">8sHH")  # magic, version, execution id length
+_CRC = struct.Struct(">I")
+_PREFIX = struct.Struct(">II32s")  # payload length, crc32, HMAC
+_MAC_DOMAIN = b"jarvis journal record\x00"
+_INDEX = struct.Struct(">Q")
+_ID_LENGTH = struct.Struct(">H")
+# The whole file while it is scanned on open (an mmap), or one record read later.
+_Buffer = bytes | mmap.mmap
+
+
+class JournalError(StateError):
+    """The journal cannot be used: closed, or left unusable by a failed write."""
+
+
+class JournalFormatError(JournalError):
+    """The file is not a journal this build reads, or belongs to another execution."""
+
+
+class JournalCorrupt(JournalError):
+    """The journal was damaged or tampered with somewhere that cannot be cut off safely."""
+
+    def __init__(self, path: Path, offset: int, index: int | None, reason: str) -> None:
+        where = f"byte offset {offset}"
+        if index is not None:
+            where = f"record {index} at {where}"
+        super().__init__(f"{path}: {where}: {reason}")
+        self.path = path
+        self.offset = offset
+        self.index = index
+        self.reason = reason
+
+
+def encode_header(execution_id: str) -> bytes:
+    """The header a journal of `execution_id` starts with."""
+    ident = execution_id.encode("ascii")
+    fixed = _HEADER_FIXED.pack(MAGIC, FORMAT_VERSION, len(ident)) + ident
+    return fixed + _CRC.pack(zlib.crc32(fixed))
+
+
+def _mac(key: bytes, execution_id: bytes, index: int, payload: bytes) -> bytes:
+    signer = hmac.new(key, _MAC_DOMAIN, sha256)
+    # The id's length goes first so that (id, index) pairs cannot run into each other.
+    signer.update(_ID_LENGTH.pack(len(execution_id)) + execution_id)
+    signer.update(_INDEX.pack(index))
+    signer.update(payload)
+    return signer.digest()
+
+
+def encode_record(key: bytes, execution_id: str, index: int, payload: bytes) -> bytes:
+    """Record number `index` of `execution_id`'s journal, signed with `key`."""
+    mac = _mac(key, execution_id.encode("ascii"), index, payload)
+    length = struct.pack(">I", len(payload))
+    crc = zlib.crc32(payload, zlib.crc32(mac, zlib.crc32(length)))
+    return length + _CRC.pack(crc) + mac + payload
+
+
+def _framing_problem(buf: _Buffer, offset: int) -> tuple[int, str | None]:
+    """Check the framing of the record at `offset`: (its end, None) or (-1, what is wrong)."""
+    if len(buf) - offset < _PREFIX.size:
+        return -1, "partial record header"
+    length, crc, _ = _PREFIX.unpack_from(buf, offset)
+    if length > MAX_PAYLOAD_BYTES:
+        return -1, f"record length {length} exceeds the maximum {MAX_PAYLOAD_BYTES}"
+    end = offset + _PREFIX.size + length
+    if end > len(buf):
+        return -1, f"record of {length} bytes runs past the end of the file"
+    # The crc32 field sits between the length and the rest it covers.
+    actual = zlib.crc32(buf[offset + 8 : end], zlib.crc32(buf[offset : offset + 4]))
+    if actual != crc:
+        return -1, "checksum mismatch"
+    return end, None
+
+
+def _verifies(
+    keys: Sequence[bytes], execution_id: bytes, index: int, mac: bytes, payload: bytes
+) -> bool:
+    return any(
+        hmac.compare_digest(_mac(key, execution_id, index, payload), mac) for key in keys
+    )
+
+
+class Journal:
+    """An open journal file. Not thread-safe: one writer (the Machine) at a time.
+
+    Create or open one with `Journal.open`. `guard`, when given, is called before every
+    change to the file (creation, cutting a damaged end, each append); it raises to
+    refuse the write, which is how a worker whose lease was taken over is fenced off.
+    """
+
+    def __init__(
+        self,
+        *,
+        path: Path,
+        fd: int,
+        keys: tuple[bytes, ...],
+        execution_id: str,
+        fsync: bool,
+        guard: Callable[[], None] | None,
+        offsets: array[int],
+        end: int,
+        dropped_tail_bytes: int,
+    ) -> None:
+        self.path = path
+        self.execution_id = execution_id
+        #: Bytes of a damaged end cut off when the journal was opened (0 when intact).
+        self.dropped_tail_bytes = dropped_tail_bytes
+        self._fd = fd
+        self._keys = keys
+        self._id = execution_id.encode("ascii")
+        self._fsync = fsync
+        self._guard = guard
+        self._offsets = offsets
+        self._end = end
+        self._closed = False
+        self._broken: str | None = None
+
+    # -- opening --------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        path: Path | str,
+        keys: Sequence[bytes],
+        execution_id: str,
+        fsync: bool = True,
+        *,
+        guard: Callable[[], None] | None = None,
+    ) -> Journal:
+        """Open the journal at `path`, creating it when missing, and check every record.
+
+        `keys` verify records, and `keys[0]` signs new ones. Raises `JournalFormatError`
+        for a file that is not a journal of `execution_id` in this format, and
+        `JournalCorrupt` for damage that is not a torn end.
+        """
+        path = Path(path)
+        checked_keys = check_hmac_keys(keys)
+        validate_execution_id(execution_id)
+        header = encode_header(execution_id)
+        if not path.exists():
+            cls._create(path, header, fsync, guard)
+        fd = os.open(path, os.O_RDWR | os.O_APPEND)
+        try:
+            offsets, end, dropped = cls._recover(
+                path, fd, header, checked_keys, execution_id, fsync, guard
+            )
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(
+            path=path,
+            fd=fd,
+            keys=checked_keys,
+            execution_id=execution_id,
+            fsync=fsync,
+            guard=guard,
+            offsets=offsets,
+            end=end,
+            dropped_tail_bytes=dropped,
+        )
+
+    @staticmethod
+    def _create(
+        path: Path, header: bytes, fsync: bool, guard: Callable[[], None] | None
+    ) -> None:
+        if guard is not None:
+            guard()
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        except FileExistsError:
+            return  # created meanwhile; it is checked like any existing journal
+        try:
+            write_all(fd, header)
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        if fsync:
+            fsync_directory(path.parent)
+
+    @classmethod
+    def _recover(
+        cls,
+        path: Path,
+        fd: int,
+        header: bytes,
+        keys: tuple[bytes, ...],
+        execution_id: str,
+        fsync: bool,
+        guard: Callable[[], None] | None,
+    ) -> tuple[array[int], int, int]:
+        """Check the file; cut a torn end off. Returns (record offsets, end, bytes dropped)."""
+        size = os.fstat(fd).st_size
+        if size < len(header):
+            existing = os.pread(fd, size, 0)
+            if existing != header[:size]:
+                cls._check_header(path, existing, execution_id)
+                raise JournalCorrupt(path, 0, None, "damaged journal header")
+            # A crash while the file was being created: only part of our header is there.
+            cls._cut(fd, 0, guard, fsync)
+            write_all(fd, header)
+            if fsync:
+                os.fsync(fd)
+            return array("Q"), len(header), 0
+        # Slicing an mmap copies, so no view outlives the mapping (closing it would fail).
+        with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mapped:
+            longest_header = _HEADER_FIXED.size + 0xFFFF + _CRC.size
+            cls._check_header(path, mapped[:longest_header], execution_id)
+            offsets, end = _scan(path, mapped, len(header), keys, execution_id.encode("ascii"))
+        if end < size:
+            cls._cut(fd, end, guard, fsync)
+        return offsets, end, size - end
+
+    @staticmethod
+    def _check_header(path: Path, data: bytes, execution_id: str) -> None:
+        if len(data) < _HEADER_FIXED.size or data[: len(MAGIC)] != MAGIC:
+            raise JournalFormatError(f"{path}: not a Jarvis journal (no journal header)")
+        _, version, id_length = _HEADER_FIXED.unpack_from(data)
+        if version != FORMAT_VERSION:
+            raise JournalFormatError(
+                f"{path}: journal format version {version}; this build reads {FORMAT_VERSION}"
+            )
+        expected = encode_header(execution_id)
+        end = _HEADER_FIXED.size + id_length
+        if data[: end + _CRC.size] == expected:
+            return
+        if len(data) >= end + _CRC.size:
+            (crc,) = _CRC.unpack_from(data, end)
+            if zlib.crc32(data[:end]) == crc:
+                owner = data[_HEADER_FIXED.size : end].decode("ascii", "replace")
+                raise JournalFormatError(
+                    f"{path}: journal of execution {owner!r}, not {execution_id!r}"
+                )
+        raise JournalCorrupt(path, 0, None, "damaged journal header")
+
+    @staticmethod
+    def _cut(fd: int, end: int, guard: Callable[[], None] | None, fsync: bool) -> None:
+        if guard is not None:
+            guard()
+        os.ftruncate(fd, end)
+        if fsync:
+            os.fsync(fd)
+
+    # -- using ----------------------------------------------------------------------
+
+    @property
+    def count(self) -> int:
+        """How many records the journal holds."""
+        return len(self._offsets)
+
+    def __len__(self) -> int:
+        return len(self._offsets)
+
+    def append(self, payload: bytes) -> int:
+        """Add a record and return its index, once it is written (and fsynced when enabled).
+
+        If writing fails, the journal refuses further appends: reopen it, which cuts off
+        whatever part of the record reached the file.
+        """
+        self._check_usable()
+        if len(payload) > MAX_PAYLOAD_BYTES:
+            raise ValueError(
+                f"a journal record holds at most {MAX_PAYLOAD_BYTES} bytes, got {len(payload)}"
+            )
+        if self._guard is not None:
+            self._guard()
+        index = len(self._offsets)
+        record = encode_record(self._keys[0], self.execution_id, index, bytes(payload))
+        try:
+            write_all(self._fd, record)
+            if self._fsync:
+                os.fsync(self._fd)
+        except BaseException as exc:
+            self._abandon_write(f"appending record {index} failed: {exc!r}")
+            raise
+        new_end = self._end + len(record)
+        size = os.fstat(self._fd).st_size
+        if size != new_end:
+            # O_APPEND put our record at the end of whatever else was written there.
+            self._broken = f"the file is {size} bytes, expected {new_end}: another writer?"
+            raise JournalError(f"{self.path}: {self._broken}")
+        self._offsets.append(self._end)
+        self._end = new_end
+        return index
+
+    def _abandon_write(self, reason: str) -> None:
+        self._broken = reason
+        # Best effort: reopening cuts off a partial record anyway.
+        with contextlib.suppress(OSError):
+            os.ftruncate(self._fd, self._end)
+
+    def record(self, index: int) -> bytes:
+        """The payload of record `index`, verified again as it is read."""
+        if not 0 <= index < len(self._offsets):
+            raise IndexError(f"record {index} out of range (the journal holds {self.count})")
+        self._check_open()
+        offset = self._offsets[index]
+        end = self._offsets[index + 1] if index + 1 < len(self._offsets) else self._end
+        data = os.pread(self._fd, end - offset, offset)
+        # A file changed behind our back is caught here rather than fed to the program.
+        record_end, problem = _framing_problem(data, 0)
+        if problem is None and record_end != len(data):
+            problem = "record length changed since the journal was opened"
+        if problem is not None:
+            raise JournalCorrupt(self.path, offset, index, problem)
+        _, _, mac = _PREFIX.unpack_from(data)
+        payload = data[_PREFIX.size :]
+        if not _verifies(self._keys, self._id, index, mac, payload):
+            raise JournalCorrupt(self.path, offset, index, _HMAC_FAILURE)
+        return payload
+
+    def records(self, start: int = 0) -> Iterator[bytes]:
+        """The payloads from record `start` on, as far as the journal went when called."""
+        if start < 0:
+            raise ValueError(f"start must not be negative, got {start}")
+        self._check_open()
+        return (self.record(index) for index in range(start, len(self._offsets)))
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise JournalError(f"{self.path}: journal is closed")
+
+    def _check_usable(self) -> None:
+        self._check_open()
+        if self._broken is not None:
+            raise JournalError(f"{self.path}: journal unusable ({self._broken}); reopen it")
+
+    def close(self) -> None:
+        """Close the file; closing twice is harmless."""
+        if not self._closed:
+            self._closed = True
+            os.close(self._fd)
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+_HMAC_FAILURE = "fails HMAC verification with every configured key (wrong key or tampering)"
+
+
+def _scan(
+    path: Path, buf: _Buffer, start: int, keys: Sequence[bytes], execution_id: bytes
+) -> tuple[array[int], int]:
+    """Walk the records from `start`: (their offsets, where the intact part ends).
+
+    Raises `JournalCorrupt` for a record no key verifies, and for damage followed by a
+    record with intact framing (damage in the middle must not be cut off as a torn end).
+    """
+    offsets: array[int] = array("Q")
+    offset = start
+    while offset < len(buf):
+        end, problem = _framing_problem(buf, offset)
+        index = len(offsets)
+        if problem is not None:
+            follower = _next_intact(buf, offset + 1)
+            if follower is None:
+                return offsets, offset  # a torn end
+            raise JournalCorrupt(
+                path, offset, index, f"{problem}, but an intact record follows at {follower}"
+            )
+        _, _, mac = _PREFIX.unpack_from(buf, offset)
+        payload = buf[offset + _PREFIX.size : end]
+        if not _verifies(keys, execution_id, index, mac, payload):
+            raise JournalCorrupt(path, offset, index, _HMAC_FAILURE)
+        offsets.append(offset)
+        offset = end
+    return offsets, offset
+
+
+def _next_intact(buf: _Buffer, start: int) -> int | None:
+    """The first offset from `start` on where a record with intact framing begins."""
+    for offset in range(start, len(buf) - _PREFIX.size + 1):
+        if _framing_problem(buf, offset)[1] is None:
+            return offset
+    return None

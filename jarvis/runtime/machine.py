@@ -1,0 +1,426 @@
+"""The Machine: drives a program's frame stack, performs its effects, keeps it durable.
+
+Each frame is advanced by its step function until it returns, raises, calls another
+resumable function (a frame is pushed) or asks for an effect. Effects go through one
+place, `perform`, which replays them from the journal after a resume and otherwise
+does them for real, journals them and counts them against the limits. At effect
+boundaries the whole continuation (frames, globals, outputs, counters) is plain data,
+so that is where snapshots are taken: every N effects or T seconds, on `checkpoint()`,
+and when a stop is requested.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from jarvis.compiler.compiled import CompiledProgram
+from jarvis.compiler.lower.blocks import BOOK, CALL, CHECKPOINT, RETURN, SLEEP
+from jarvis.runtime.books import BookRegistry, check_json_value, to_json_value
+from jarvis.runtime.effects_log import (
+    EffectStore,
+    book_outcome,
+    book_record,
+    decode,
+    encode,
+    expect,
+)
+from jarvis.runtime.errors import BookError, LimitExceeded
+from jarvis.runtime.frames import Frame, ResumableFunction
+from jarvis.runtime.locate import ErrorLocation, locate
+from jarvis.runtime.namespace import Namespace
+
+
+class Stopped(BaseException):
+    """Raised inside a running program when its host asks it to stop (not catchable)."""
+
+
+class SnapshotSink(Protocol):
+    """Where the Machine writes snapshots of the live state (a SnapshotStore)."""
+
+    def save(self, payload: bytes, effect_count: int, counters: dict[str, int]) -> None: ...
+
+
+class TraceHooks(Protocol):
+    """The parts of a tracer the Machine uses."""
+
+    seq: int
+
+    def event(self, kind: str, line: int, col: int, end_line: int, end_col: int,
+              expr: str, value: Any) -> None: ...
+
+    def hooks(self) -> dict[str, Callable[..., Any]]: ...
+
+    def flush(self) -> None: ...
+
+    def state(self) -> dict[str, int]: ...
+
+    def restore(self, state: dict[str, int]) -> None: ...
+
+
+@dataclass
+class MachineLimits:
+    """Limits the Machine itself enforces."""
+
+    max_recursion_depth: int = 200
+    max_book_calls: int = 10_000
+    max_output_bytes: int = 1 << 20
+    max_print_bytes: int = 1 << 20
+
+
+@dataclass
+class Outcome:
+    """How a run of the Machine ended."""
+
+    status: str  # "completed" | "failed" | "suspended"
+    outputs: dict[str, Any]
+    error: BaseException | None = None
+    location: ErrorLocation | None = None
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class SnapshotPolicy:
+    every_effects: int = 100
+    every_seconds: float = 5.0
+
+
+class Machine:
+    """Runs one execution of a compiled program, from its start or from a snapshot."""
+
+    def __init__(
+        self,
+        program: CompiledProgram,
+        *,
+        execution_id: str,
+        inputs: dict[str, Any],
+        books: BookRegistry,
+        effects: EffectStore,
+        tracer: TraceHooks,
+        snapshots: SnapshotSink | None = None,
+        policy: SnapshotPolicy | None = None,
+        limits: MachineLimits | None = None,
+        clock: Callable[[], float] = time.time,
+        wait: Callable[[float], None] = time.sleep,
+        stop_requested: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self.program = program
+        self.execution_id = execution_id
+        self.books = books
+        self.effects = effects
+        self.tracer = tracer
+        self.snapshots = snapshots
+        self.policy = policy or SnapshotPolicy()
+        self.limits = limits or MachineLimits()
+        self.clock = clock
+        self.wait = wait
+        self.stop_requested = stop_requested
+        self.namespace = Namespace(program, self, tracer.hooks())
+        self.namespace.set_inputs(inputs)
+        self.outputs: dict[str, Any] = {}
+        self.output_bytes = 0
+        self.print_bytes = 0
+        self.book_calls = 0
+        self.effect_count = 0
+        self.stack: list[Frame] = []
+        self.resume: tuple[int, Any] = (0, None)
+        self.snapshot_effects = 0
+        self.snapshot_time = clock()
+        self.snapshots_taken = 0
+
+    # -- state --------------------------------------------------------------------
+
+    def start_fresh(self) -> None:
+        self.stack = [Frame(0, 0, {}, "<module>")]
+        self.resume = (0, None)
+
+    def state_bytes(self) -> bytes:
+        state = {
+            "stack": self.stack,
+            "globals": self.namespace.user_globals(),
+            "outputs": self.outputs,
+            "resume": self.resume,
+            "effects": self.effect_count,
+            "counters": self.counters(),
+            "tracer": self.tracer.state(),
+        }
+        return self.namespace.dumps(state)
+
+    def restore(self, payload: bytes) -> None:
+        """Continue from a verified snapshot's payload."""
+        state = self.namespace.loads(payload)
+        self.stack = state["stack"]
+        self.namespace.globals.update(state["globals"])
+        self.outputs = state["outputs"]
+        self.resume = state["resume"]
+        self.effect_count = state["effects"]
+        counters = state["counters"]
+        self.output_bytes = counters.get("output_bytes", 0)
+        self.print_bytes = counters.get("print_bytes", 0)
+        self.book_calls = counters.get("book_calls", 0)
+        self.tracer.restore(state["tracer"])
+        self.snapshot_effects = self.effect_count
+
+    def counters(self) -> dict[str, int]:
+        return {
+            "effects": self.effect_count,
+            "book_calls": self.book_calls,
+            "output_bytes": self.output_bytes,
+            "print_bytes": self.print_bytes,
+            "snapshots": self.snapshots_taken,
+            "trace_seq": self.tracer.seq,
+        }
+
+    def take_snapshot(self) -> None:
+        if self.snapshots is None:
+            return
+        self.tracer.flush()
+        self.snapshots.save(self.state_bytes(), self.effect_count, self.counters())
+        self.snapshots_taken += 1
+        self.snapshot_effects = self.effect_count
+        self.snapshot_time = self.clock()
+
+    # -- driving ------------------------------------------------------------------
+
+    def run(self) -> Outcome:
+        """Drive the program until it completes, fails or is stopped."""
+        if not self.stack:
+            self.start_fresh()
+        try:
+            self.drive()
+        except Stopped:
+            self.tracer.flush()
+            return Outcome("suspended", self.outputs, counters=self.counters())
+        except LimitExceeded as exc:
+            self.tracer.event("limit", 0, 0, 0, 0, exc.limit, exc.detail)
+            self.tracer.flush()
+            return Outcome("failed", self.outputs, exc, None, self.counters())
+        except Exception as exc:
+            where = locate(exc, self.program.path)
+            line, col = (where.line, where.col) if where else (0, 0)
+            end_line, end_col = (where.end_line, where.end_col) if where else (0, 0)
+            self.tracer.event("exception", line, col, end_line, end_col,
+                              type(exc).__name__, str(exc))
+            self.tracer.flush()
+            return Outcome("failed", self.outputs, exc, where, self.counters())
+        self.tracer.flush()
+        return Outcome("completed", self.outputs, counters=self.counters())
+
+    def drive(self) -> None:
+        stack = self.stack
+        steps = self.namespace.steps
+        mode, value = self.resume
+        max_depth = self.limits.max_recursion_depth
+        while stack:
+            frame = stack[-1]
+            try:
+                result = steps[frame.fid](frame, mode, value)
+            except Exception as exc:
+                stack.pop()
+                if not stack:
+                    raise
+                mode, value = 1, exc
+                continue
+            kind = result[0]
+            if kind == RETURN:
+                stack.pop()
+                mode, value = 0, result[1]
+            elif kind == CALL:
+                mode, value = self.call(result[1], result[2], result[3], max_depth)
+            else:
+                mode, value = self.suspension(kind, result)
+                if self.stop_requested():
+                    self.resume = (mode, value)
+                    self.take_snapshot()
+                    raise Stopped()
+
+    def call(self, function: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
+             max_depth: int) -> tuple[int, Any]:
+        if type(function) is ResumableFunction:
+            try:
+                local_vars = function.bind(args, kwargs)
+            except Exception as exc:
+                return 1, exc
+            if len(self.stack) >= max_depth:
+                return 1, RecursionError(
+                    f"maximum recursion depth exceeded ({max_depth} frames of functions "
+                    "that call Books)")
+            self.stack.append(Frame(function.fid, 0, local_vars, function.qualname))
+            return 0, None
+        try:
+            return 0, function(*args, **kwargs)
+        except Exception as exc:
+            return 1, exc
+
+    def suspension(self, kind: int, effect: tuple[Any, ...]) -> tuple[int, Any]:
+        """Perform the effect a frame suspended on; snapshot when due."""
+        _, target, args, kwargs, site_index = effect
+        site = self.program.suspension_sites[site_index]
+        try:
+            if kind == BOOK:
+                result = self.book_call(target[0], target[1], list(args), kwargs, site)
+            elif kind == SLEEP:
+                self.sleep(*args, **kwargs)
+                result = None
+            elif kind == CHECKPOINT:
+                _no_arguments("checkpoint", args, kwargs)
+                self.checkpoint_effect(site)
+                result = None
+            else:
+                raise AssertionError(f"unknown effect kind {kind}")
+        except (Exception) as exc:
+            outcome: tuple[int, Any] = (1, exc)
+        else:
+            outcome = (0, result)
+        if self._snapshot_due(kind):
+            self.resume = outcome
+            self.take_snapshot()
+        return outcome
+
+    def _snapshot_due(self, kind: int) -> bool:
+        if self.snapshots is None or self.effect_count < self.effects.count:
+            return False
+        if kind == CHECKPOINT:
+            return True
+        if self.effect_count - self.snapshot_effects >= self.policy.every_effects:
+            return True
+        return self.clock() - self.snapshot_time >= self.policy.every_seconds
+
+    # -- effects (the Effects interface of the builtins) ----------------------------
+
+    def replaying(self) -> bool:
+        return self.effect_count < self.effects.count
+
+    def next_record(self) -> dict[str, Any]:
+        record = decode(self.effects.record(self.effect_count))
+        return record
+
+    def commit(self, record: dict[str, Any]) -> None:
+        self.effects.append(encode(record))
+        self.effect_count += 1
+
+    def book_call(self, book: str, procedure: str, args: list[Any], kwargs: dict[str, Any],
+                  site: Any = None) -> Any:
+        try:
+            check_json_value(args, "the arguments")
+            check_json_value(kwargs, "the keyword arguments")
+        except TypeError as exc:
+            raise TypeError(f"{book}.{procedure}(): {exc}") from None
+        if self.book_calls >= self.limits.max_book_calls:
+            raise LimitExceeded("book_calls", f"more than {self.limits.max_book_calls} Book calls")
+        self.book_calls += 1
+        line, col, end_line, end_col = _position(site)
+        call_text = f"{book}.{procedure}"
+        self.tracer.event("book_start", line, col, end_line, end_col, call_text,
+                          {"args": args, "kwargs": kwargs})
+        index = self.effect_count
+        if self.replaying():
+            record = self.next_record()
+            expect(record, "book", index, b=book, p=procedure)
+            self.effect_count += 1
+        else:
+            started = time.perf_counter()
+            error: BookError | None = None
+            result: Any = None
+            try:
+                result = self.books.get(book).call(
+                    procedure, to_json_value(args), to_json_value(kwargs),
+                    f"{self.execution_id}:{index + 1}")
+            except BookError as exc:
+                error = exc
+            record = book_record(book, procedure, result, error,
+                                 (time.perf_counter() - started) * 1000)
+            self.commit(record)
+        value, failure = book_outcome(record)
+        self.tracer.event("book_end", line, col, end_line, end_col, call_text,
+                          {"ms": record.get("ms"), "error": record.get("err"),
+                           "result": value} if failure else
+                          {"ms": record.get("ms"), "result": value})
+        if failure is not None:
+            raise failure
+        return value
+
+    def now(self) -> float:
+        if self.replaying():
+            record = self.next_record()
+            expect(record, "now", self.effect_count)
+            self.effect_count += 1
+            return float(record["v"])
+        value = self.clock()
+        self.commit({"k": "now", "v": value})
+        return value
+
+    def sleep(self, seconds: float = 0.0, *extra: Any, **kwargs: Any) -> None:
+        if extra or kwargs:
+            raise TypeError("sleep() takes exactly one argument (seconds)")
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+            raise TypeError("sleep(): seconds must be a number")
+        if not seconds >= 0:
+            raise ValueError("sleep(): seconds must be zero or more")
+        if self.replaying():
+            record = self.next_record()
+            expect(record, "sleep", self.effect_count)
+            self.effect_count += 1
+            until = float(record["until"])
+        else:
+            until = self.clock() + float(seconds)
+            self.commit({"k": "sleep", "until": until})
+        self.tracer.event("sleep", 0, 0, 0, 0, "sleep", seconds)
+        self.wait_until(until)
+
+    def wait_until(self, until: float) -> None:
+        while True:
+            remaining = until - self.clock()
+            if remaining <= 0:
+                return
+            if self.stop_requested():
+                raise Stopped()
+            self.wait(min(remaining, 0.1))
+
+    def checkpoint(self) -> None:
+        self.checkpoint_effect(None)
+
+    def checkpoint_effect(self, site: Any) -> None:
+        if self.replaying():
+            record = self.next_record()
+            expect(record, "checkpoint", self.effect_count)
+            self.effect_count += 1
+        else:
+            self.commit({"k": "checkpoint"})
+        line, col, end_line, end_col = _position(site)
+        self.tracer.event("checkpoint", line, col, end_line, end_col, "checkpoint()",
+                          self.effect_count)
+
+    def output(self, name: str, value: Any) -> None:
+        size = len(json.dumps(value, ensure_ascii=False))
+        previous = self.outputs.get(name)
+        previous_size = 0 if previous is None else len(json.dumps(previous, ensure_ascii=False))
+        total = self.output_bytes - previous_size + size
+        if total > self.limits.max_output_bytes:
+            raise LimitExceeded("output_bytes",
+                                f"outputs would take {total} bytes; the limit is "
+                                f"{self.limits.max_output_bytes}")
+        self.output_bytes = total
+        self.outputs[name] = value
+        self.tracer.event("output", 0, 0, 0, 0, name, value)
+
+    def print(self, text: str) -> None:
+        self.print_bytes += len(text)
+        if self.print_bytes > self.limits.max_print_bytes:
+            raise LimitExceeded("print_bytes",
+                                f"printed more than {self.limits.max_print_bytes} bytes")
+        self.tracer.event("print", 0, 0, 0, 0, "print", text)
+
+
+def _position(site: Any) -> tuple[int, int, int, int]:
+    if site is None:
+        return 0, 0, 0, 0
+    return site.line, site.col, site.end_line, site.end_col
+
+
+def _no_arguments(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    if args or kwargs:
+        raise TypeError(f"{name}() takes no arguments")

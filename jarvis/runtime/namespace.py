@@ -1,0 +1,198 @@
+"""The namespace of one execution: the program's globals, builtins and internal helpers.
+
+Each execution gets its own: the program's module code is executed into a fresh dict
+to define its step functions and binders, with a fresh builtins table, so nothing one
+execution changes is seen by another. `StatePickler` and `load_state` move the
+execution's live state (frames, globals, outputs) in and out of bytes; functions of the
+program travel by reference to their code (a code index), never as code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import pickle
+import types
+from collections.abc import Callable
+from typing import Any
+
+import cloudpickle
+
+from jarvis.compiler.compiled import CompiledProgram
+from jarvis.runtime.builtins import BookProxy, Effects, make_builtins, set_inputs
+from jarvis.runtime.frames import (
+    END,
+    Cell,
+    ResumableFunction,
+    exception_matches,
+    keywords,
+    save_locals,
+)
+
+_STATIC_PREFIXES = ("_jv_step_", "_jv_bind_", "_jv_H_")
+"""Globals the program module defines itself; rebuilt on load, never saved."""
+
+
+class Namespace:
+    """Globals and builtins of one execution of a compiled program."""
+
+    def __init__(
+        self,
+        program: CompiledProgram,
+        effects: Effects,
+        hooks: dict[str, Callable[..., Any]],
+    ) -> None:
+        self.program = program
+        table = make_builtins(effects, list(program.books))
+        self.books: dict[str, BookProxy] = table.pop("_jv_book_table")
+        table.update(
+            _jv_books=self.books,
+            _jv_save=save_locals,
+            _jv_locals=locals,
+            _jv_kw=keywords,
+            _jv_exc_match=exception_matches,
+            _jv_END=END,
+            _jv_iter=iter,
+            _jv_next=next,
+            _jv_Cell=Cell,
+            _jv_mkfn=self.make_function,
+            **hooks,
+        )
+        self.builtins = table
+        self.globals: dict[str, Any] = {"__builtins__": table, "__name__": "__spy__"}
+        exec(program.code, self.globals)
+        self.steps = {
+            fid: self.globals[f"_jv_step_{fid}"] for fid in program.functions
+        }
+        self.binders = {
+            fid: self.globals[f"_jv_bind_{fid}"].__code__
+            for fid in program.functions
+            if fid
+        }
+        self.code_index = {id(code): index for index, code in enumerate(program.codes)}
+        self.builtin_names = {id(value): key for key, value in table.items()}
+
+    def set_inputs(self, inputs: dict[str, Any]) -> None:
+        set_inputs(self.builtins, inputs)
+
+    def make_function(
+        self, fid: int, cells: tuple[Cell, ...], defaults: tuple[Any, ...],
+        kwdefaults: dict[str, Any],
+    ) -> ResumableFunction:
+        info = self.program.functions[fid]
+        binder = types.FunctionType(self.binders[fid], self.globals, info.name,
+                                    defaults or None, None)
+        binder.__kwdefaults__ = kwdefaults or None
+        binder.__qualname__ = info.qualname
+        return ResumableFunction(fid, info.name, info.qualname, binder,
+                                 dict(zip(info.cells, cells, strict=True)))
+
+    # -- state in and out of bytes ---------------------------------------------------
+
+    def user_globals(self) -> dict[str, Any]:
+        return {
+            key: value for key, value in self.globals.items()
+            if key not in ("__builtins__", "__name__") and not key.startswith(_STATIC_PREFIXES)
+        }
+
+    def dumps(self, state: dict[str, Any]) -> bytes:
+        buffer = io.BytesIO()
+        _StatePickler(buffer, self).dump(state)
+        return buffer.getvalue()
+
+    def loads(self, data: bytes) -> dict[str, Any]:
+        """Unpickle verified state; functions are rebuilt against this namespace."""
+        unpickler = _StateUnpickler(io.BytesIO(data), self)
+        state: dict[str, Any] = unpickler.load()
+        unpickler.fill_cells()
+        return state
+
+
+class _CellBox:
+    """A closure cell in transit. Python's cells cannot be pickled with their contents
+    set afterwards, which closures that refer to themselves need."""
+
+    __slots__ = ("value",)
+
+    def __getstate__(self) -> tuple[Any, ...]:
+        try:
+            return (self.value,)
+        except AttributeError:
+            return ()
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        if state:
+            self.value = state[0]
+
+
+class _StatePickler(cloudpickle.Pickler):  # type: ignore[misc]
+    def __init__(self, file: io.BytesIO, namespace: Namespace) -> None:
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self.namespace = namespace
+        # id(cell) -> (cell, its box): one box per cell keeps closures that share a
+        # cell sharing it after the load; holding the cell keeps its id unique.
+        self.boxes: dict[int, tuple[types.CellType, _CellBox]] = {}
+
+    def box(self, cell: types.CellType) -> _CellBox:
+        known = self.boxes.get(id(cell))
+        if known is not None:
+            return known[1]
+        box = _CellBox()
+        with contextlib.suppress(ValueError):  # an empty cell stays an empty box
+            box.value = cell.cell_contents
+        self.boxes[id(cell)] = (cell, box)
+        return box
+
+    def persistent_id(self, obj: Any) -> Any:
+        kind = type(obj)
+        if kind is types.FunctionType:
+            index = self.namespace.code_index.get(id(obj.__code__))
+            if index is not None:
+                closure = obj.__closure__
+                boxes = tuple(self.box(c) for c in closure) if closure else None
+                return ("fn", index, obj.__name__, obj.__qualname__, obj.__defaults__,
+                        obj.__kwdefaults__, boxes)
+        if kind is BookProxy:
+            return ("book", obj._jv_name)
+        if kind in (types.FunctionType, types.BuiltinFunctionType, type):
+            name = self.namespace.builtin_names.get(id(obj))
+            if name is not None and self.namespace.builtins.get(name) is obj:
+                return ("builtin", name)
+        return None
+
+
+class _StateUnpickler(pickle.Unpickler):
+    def __init__(self, file: io.BytesIO, namespace: Namespace) -> None:
+        super().__init__(file)
+        self.namespace = namespace
+        self.cells: dict[int, tuple[_CellBox, types.CellType]] = {}
+
+    def cell(self, box: _CellBox) -> types.CellType:
+        known = self.cells.get(id(box))
+        if known is None:
+            known = (box, types.CellType())
+            self.cells[id(box)] = known
+        return known[1]
+
+    def fill_cells(self) -> None:
+        """Boxes of self-referring closures get their contents only after the functions
+        that hold them were built; fill the real cells now."""
+        for box, cell in self.cells.values():
+            with contextlib.suppress(AttributeError):  # an empty box stays an empty cell
+                cell.cell_contents = box.value
+
+    def persistent_load(self, pid: Any) -> Any:
+        tag = pid[0]
+        if tag == "fn":
+            _, index, name, qualname, defaults, kwdefaults, boxes = pid
+            closure = tuple(self.cell(box) for box in boxes) if boxes else None
+            function = types.FunctionType(self.namespace.program.codes[index],
+                                          self.namespace.globals, name, defaults, closure)
+            function.__kwdefaults__ = kwdefaults
+            function.__qualname__ = qualname
+            return function
+        if tag == "book":
+            return self.namespace.books[pid[1]]
+        if tag == "builtin":
+            return self.namespace.builtins[pid[1]]
+        raise pickle.UnpicklingError(f"unknown persistent id {tag!r}")

@@ -1,0 +1,703 @@
+"""Trace events: what a running program reports, and the recorder the hooks feed.
+
+The compiler's trace pass (`jarvis.compiler.trace`) makes a program call `_jv_t(K, v)`
+after each traced expression and `_jv_s(K)` before each statement, K being an index
+into the program's site table. A `Tracer` provides both hooks (`hook_expr`,
+`hook_stmt`), numbers events 1, 2, 3, ... in program order (`seq`), renders values and
+hands events to a sink in batches. The engine adds its own events (prints, Book calls,
+checkpoints, ...) with `Tracer.event`, in the same numbering.
+
+The hooks are the hottest code of a traced run, so the work is split by what can wait:
+
+- A hook appends the site index and the value to a flat list and returns. Values
+  that cannot change (ints, floats, bools, None, strings, ranges, functions, classes)
+  are kept as they are, and rendered later, a whole batch at a time, mostly by
+  C-level `map` calls.
+- Any other value (a list, dict, set, tuple, exception, ...) may be changed by the
+  program after the event, so it is rendered at once, with bounded work
+  (`Renderer`); the hook stores the rendered text.
+- When the list holds `batch_size` events, or the engine asks (`flush`), the pending
+  events are rendered and delivered as one `EventBatch`: a sequence of `TraceEvent`s
+  that creates each event object only when a sink reads it.
+
+`steps` counts hook calls (statements and expressions); `max_steps` makes the hook
+that takes the count past the limit raise `LimitExceeded("steps", ...)`.
+"""
+
+from __future__ import annotations
+
+import math
+import types
+from collections.abc import Callable, Iterator, Sequence
+from itertools import compress, islice, repeat
+from operator import attrgetter, is_
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol, overload
+
+from jarvis.runtime.errors import LimitExceeded
+
+if TYPE_CHECKING:
+    from jarvis.compiler.trace import Site
+
+EVENT_KINDS: Final = frozenset({
+    "expr", "stmt", "print", "book_start", "book_end", "exception", "checkpoint",
+    "limit", "output", "sleep",
+})
+"""Every kind of trace event; docs/events.md says what each carries."""
+
+DEFAULT_MAX_VALUE_CHARS: Final = 200
+"""The longest rendered value, in characters."""
+
+DEFAULT_BATCH_SIZE: Final = 4096
+"""Events rendered and delivered at a time."""
+
+
+class TraceEvent(NamedTuple):
+    """One thing a program did, as a trace records it.
+
+    `value` is the rendered value (bounded; see `render`) and `type` its type name;
+    both are "" for events without a value. `duration_ms` is set on `book_end` events
+    (the call's wall-clock time) and None elsewhere.
+    """
+
+    execution_id: str
+    seq: int
+    kind: str
+    line: int
+    col: int
+    end_line: int
+    end_col: int
+    expr: str
+    value: str
+    type: str
+    duration_ms: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "execution_id": self.execution_id,
+            "seq": self.seq,
+            "kind": self.kind,
+            "line": self.line,
+            "col": self.col,
+            "end_line": self.end_line,
+            "end_col": self.end_col,
+            "expr": self.expr,
+            "value": self.value,
+            "type": self.type,
+        }
+        if self.duration_ms is not None:
+            data["duration_ms"] = self.duration_ms
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TraceEvent:
+        return cls(
+            str(data["execution_id"]), int(data["seq"]), str(data["kind"]),
+            int(data["line"]), int(data["col"]), int(data["end_line"]), int(data["end_col"]),
+            str(data["expr"]), str(data["value"]), str(data["type"]),
+            None if data.get("duration_ms") is None else float(data["duration_ms"]),
+        )
+
+
+# -- rendering ------------------------------------------------------------------------
+
+_NoneType = type(None)
+_BIG_INT: Final = 10**18
+"""Ints between -_BIG_INT and _BIG_INT render with plain repr, no size checks."""
+_MAX_INT_BITS: Final = 13_000
+"""Ints wider than this (about 3900 digits) are not converted to decimal at all:
+CPython refuses beyond 4300 digits, and the conversion is quadratic."""
+_SET_SORT_LIMIT: Final = 64
+"""Sets up to this size render sorted (deterministic); larger ones show their size."""
+_MIN_ROOM: Final = 6
+
+_FLAT: Final = frozenset({int, float, bool, _NoneType, str})
+"""Types whose repr C can produce directly, once ints and strings are known small."""
+_REPR_SAFE: Final = frozenset({int, float, bool, _NoneType, str, range})
+"""Deferred types whose batch rendering is `repr` (with size checks for int and str)."""
+DEFERRED_TYPES: Final = frozenset({
+    int, float, bool, _NoneType, str, range, type,
+    types.FunctionType, types.BuiltinFunctionType,
+})
+"""Values of these exact types cannot change, so their rendering waits for the batch."""
+
+_type_name = attrgetter("__name__")
+_pair = "{}: {}".format
+
+
+class Renderer:
+    """A bounded, deterministic, never-failing repr.
+
+    At most `max_chars` characters; at most `max_items` items of a container and
+    `max_depth` levels of nesting are looked at, so the work does not grow with the
+    value. Cut-off containers, strings and ints say how big they are:
+    `[1, 2, 3, … (1000000 items)]`, `'abc…' (5000000 chars)`.
+    Functions and builtins render without memory addresses; sets render sorted; a
+    value whose rendering fails renders as `<unrenderable TYPE>`.
+    """
+
+    def __init__(
+        self, max_chars: int = DEFAULT_MAX_VALUE_CHARS, max_items: int = 12, max_depth: int = 4
+    ) -> None:
+        if max_chars < 16:
+            raise ValueError("max_chars must be at least 16")
+        self.max_chars = max_chars
+        self.max_items = max_items
+        self.max_depth = max_depth
+        self._by_type: dict[type, Callable[[Any, int, int], str]] = {
+            int: self._int,
+            str: self._str,
+            list: self._list,
+            tuple: self._tuple,
+            dict: self._dict,
+            types.MappingProxyType: self._mappingproxy,
+            set: self._set,
+            frozenset: self._set,
+            type({}.keys()): self._view,
+            type({}.values()): self._view,
+            type({}.items()): self._view,
+            range: _plain,
+            float: _plain,
+            bool: _plain,
+            _NoneType: _plain,
+            type: _class,
+            types.FunctionType: _function,
+            types.BuiltinFunctionType: _builtin,
+        }
+
+    # -- one value ----------------------------------------------------------------
+
+    def render(self, value: object) -> tuple[str, str]:
+        """(text, type name) of `value`."""
+        kind = type(value)
+        try:
+            text = self.text(value, self.max_chars, 0)
+        except Exception:
+            text = f"<unrenderable {kind.__name__}>"
+        if len(text) > self.max_chars:
+            text = text[: self.max_chars - 1] + "…"
+        return text, kind.__name__
+
+    def text(self, value: object, room: int, depth: int) -> str:
+        """The rendering of `value` in about `room` characters (never much more)."""
+        render = self._by_type.get(type(value))
+        if render is not None:
+            return render(value, room, depth)
+        if isinstance(value, BaseException):
+            return self._exception(value, room, depth)
+        return f"<{type(value).__name__} object>"
+
+    def _int(self, value: int, room: int, depth: int) -> str:
+        if -_BIG_INT < value < _BIG_INT:
+            return repr(value)
+        bits = value.bit_length()
+        if bits > _MAX_INT_BITS:
+            return f"<int of {bits} bits>"
+        text = repr(value)
+        if len(text) <= room:
+            return text
+        digits = len(text) - (text[0] == "-")
+        suffix = f"… ({digits} digits)"
+        return text[: max(1, room - len(suffix))] + suffix
+
+    def _str(self, value: str, room: int, depth: int) -> str:
+        size = len(value)
+        if size <= room:
+            text = repr(value)
+            if len(text) <= room:
+                return text
+        head = repr(value[:room])
+        suffix = f"…{head[-1]} ({size} chars)"
+        return head[: max(2, room - len(suffix))] + suffix
+
+    def _list(self, value: list[Any], room: int, depth: int) -> str:
+        return self._sequence(value, len(value), "[", "]", room, depth)
+
+    def _tuple(self, value: tuple[Any, ...], room: int, depth: int) -> str:
+        if len(value) == 1:
+            return "(" + self.text(value[0], room - 3, depth + 1) + ",)"
+        return self._sequence(value, len(value), "(", ")", room, depth)
+
+    def _sequence(
+        self, value: list[Any] | tuple[Any, ...], size: int, opening: str, closing: str,
+        room: int, depth: int,
+    ) -> str:
+        """`value` (at least its first `max_items` items) as the items of a container
+        of `size` items."""
+        if not size:
+            return opening + closing
+        if depth >= self.max_depth:
+            return f"{opening}… ({size} items){closing}"
+        head = value if len(value) <= self.max_items else value[: self.max_items]
+        flat = self._flat(head, room)
+        if flat is not None:
+            return _join(flat, size, opening, closing, room)
+        return self._items(iter(head), size, opening, closing, room, depth)
+
+    def _dict(self, value: dict[Any, Any], room: int, depth: int) -> str:
+        return self._mapping(value, "{", "}", room, depth)
+
+    def _mappingproxy(self, value: types.MappingProxyType[Any, Any], room: int, depth: int) -> str:
+        return self._mapping(value, "mappingproxy({", "})", room, depth)
+
+    def _mapping(
+        self, value: dict[Any, Any] | types.MappingProxyType[Any, Any], opening: str,
+        closing: str, room: int, depth: int,
+    ) -> str:
+        size = len(value)
+        if not size:
+            return opening + closing
+        if depth >= self.max_depth:
+            return f"{opening}… ({size} items){closing}"
+        if size <= self.max_items:
+            keys, values = list(value), list(value.values())
+        else:
+            keys = list(islice(value, self.max_items))
+            values = list(islice(value.values(), self.max_items))
+        key_texts = self._flat(keys, room)
+        value_texts = self._flat(values, room) if key_texts is not None else None
+        if key_texts is not None and value_texts is not None:
+            return _join(list(map(_pair, key_texts, value_texts)), size, opening, closing, room)
+        pairs = zip(keys, values, strict=True)
+        return self._items(pairs, size, opening, closing, room, depth, pairs=True)
+
+    def _set(self, value: set[Any] | frozenset[Any], room: int, depth: int) -> str:
+        size = len(value)
+        opening, closing = ("{", "}") if type(value) is set else ("frozenset({", "})")
+        if not size:
+            return "set()" if type(value) is set else "frozenset()"
+        if size > _SET_SORT_LIMIT or depth >= self.max_depth:
+            # The iteration order of a set of strings changes from process to process
+            # (hash randomization), and sorting a large set is not bounded work.
+            return f"{opening}… ({size} items){closing}"
+        texts = sorted(self.text(item, room, depth + 1) for item in value)
+        return _join(texts, size, opening, closing, room)
+
+    def _view(self, value: Any, room: int, depth: int) -> str:
+        name = type(value).__name__
+        items = list(islice(value, self.max_items))
+        return self._sequence(items, len(value), name + "([", "])", room, depth)
+
+    def _exception(self, value: BaseException, room: int, depth: int) -> str:
+        name = type(value).__name__
+        args = value.args
+        if len(args) == 1:
+            return f"{name}({self.text(args[0], room - len(name) - 2, depth + 1)})"
+        return self._sequence(args, len(args), name + "(", ")", room, depth)
+
+    # -- containers ---------------------------------------------------------------
+
+    def _flat(self, items: list[Any] | tuple[Any, ...], room: int) -> list[str] | None:
+        """The reprs of `items` made by C, if they are all small scalars; else None."""
+        kinds = set(map(type, items))
+        if not kinds <= _FLAT:
+            return None
+        if str in kinds:
+            strings = items if len(kinds) == 1 else [x for x in items if type(x) is str]
+            if max(map(len, strings)) > room:
+                return None
+        if int in kinds:
+            ints = items if len(kinds) == 1 else [x for x in items if type(x) is int]
+            if max(ints) >= _BIG_INT or min(ints) <= -_BIG_INT:
+                return None
+        return list(map(repr, items))
+
+    def _items(
+        self, items: Iterator[Any], size: int, opening: str, closing: str, room: int,
+        depth: int, pairs: bool = False,
+    ) -> str:
+        marker = f"… ({size} items)"
+        space = room - len(opening) - len(closing) - len(marker) - 2
+        parts: list[str] = []
+        used = 0
+        for item in items:
+            left = space - used
+            if left < _MIN_ROOM:
+                break
+            if pairs:
+                key, val = item
+                key_text = self.text(key, left, depth + 1)
+                text = key_text + ": " + self.text(val, left - len(key_text) - 2, depth + 1)
+            else:
+                text = self.text(item, left, depth + 1)
+            if len(text) > left and parts:
+                break
+            parts.append(text)
+            used += len(text) + 2
+        if len(parts) < size:
+            parts.append(marker)
+        return opening + ", ".join(parts) + closing
+
+    # -- a batch of deferred values -----------------------------------------------
+
+    def render_batch(self, values: list[Any]) -> tuple[list[str], list[str]]:
+        """The texts and type names of a batch of values, in order.
+
+        `values` holds deferred values (`DEFERRED_TYPES`) and `(text, type name)`
+        tuples rendered earlier; it is consumed (entries may be replaced). The common
+        case costs a few C-level passes over the batch.
+        """
+        kinds = [*map(type, values)]
+        present = set(kinds)
+        odd = present - _REPR_SAFE
+        fix: list[int] = []
+        if odd:
+            fix = list(compress(range(len(kinds)), map(odd.__contains__, kinds)))
+        limit = self.max_chars
+        if str in present:
+            is_str = list(map(is_, kinds, repeat(str)))
+            if max(map(len, compress(values, is_str))) > limit:
+                fix.extend(i for i in compress(range(len(kinds)), is_str) if len(values[i]) > limit)
+        originals = {i: values[i] for i in fix}
+        for i in fix:
+            values[i] = None
+        try:
+            texts = [*map(repr, values)]
+        except ValueError:  # an int too long for decimal conversion
+            huge = [i for i, v in enumerate(values)
+                    if type(v) is int and v.bit_length() > _MAX_INT_BITS]
+            for i in huge:
+                originals[i] = values[i]
+                values[i] = None
+            texts = [*map(repr, values)]
+        if max(map(len, texts)) > limit:
+            # Long ints, ranges of long ints, strings whose repr grew with escapes.
+            for i in compress(range(len(texts)), map(limit.__lt__, map(len, texts))):
+                if i not in originals:
+                    originals[i] = values[i]
+        names = [*map(_type_name, kinds)]
+        for i, value in originals.items():
+            if type(value) is tuple:
+                texts[i], names[i] = value
+            else:
+                texts[i], names[i] = self.render(value)
+        return texts, names
+
+
+def _plain(value: object, room: int, depth: int) -> str:
+    return repr(value)
+
+
+def _class(value: type, room: int, depth: int) -> str:
+    return f"<class '{value.__name__}'>"
+
+
+def _function(value: types.FunctionType, room: int, depth: int) -> str:
+    return f"<function {value.__name__}>"
+
+
+def _builtin(value: types.BuiltinFunctionType, room: int, depth: int) -> str:
+    owner = value.__self__
+    if owner is None or isinstance(owner, types.ModuleType):
+        return f"<built-in function {value.__name__}>"
+    return f"<built-in method {value.__name__} of {type(owner).__name__} object>"
+
+
+def _join(texts: list[str], size: int, opening: str, closing: str, room: int) -> str:
+    """`opening + ", ".join(texts) + closing`, cut at an item so that it fits `room`,
+    with a "… (N items)" marker when not all `size` items are shown."""
+    total = sum(map(len, texts)) + 2 * len(texts) + len(opening) + len(closing)
+    if len(texts) == size and total <= room + 2:
+        return opening + ", ".join(texts) + closing
+    marker = f"… ({size} items)"
+    space = room - len(opening) - len(closing) - len(marker) - 2
+    shown = 0
+    used = 0
+    for text in texts:
+        used += len(text) + 2
+        if used > space and shown:
+            break
+        shown += 1
+    if shown == len(texts) == size:
+        return opening + ", ".join(texts) + closing
+    return opening + ", ".join([*texts[:shown], marker]) + closing
+
+
+_default_renderer = Renderer()
+
+
+def render(value: object, max_chars: int = DEFAULT_MAX_VALUE_CHARS) -> tuple[str, str]:
+    """The bounded rendering of `value` and its type name: `(text, type)`."""
+    renderer = _default_renderer if max_chars == DEFAULT_MAX_VALUE_CHARS else Renderer(max_chars)
+    return renderer.render(value)
+
+
+# -- batches --------------------------------------------------------------------------
+
+
+class EventBatch(Sequence[TraceEvent]):
+    """Consecutive events, stored as columns; a `TraceEvent` is built when read.
+
+    Entry i has seq `first_seq + i`. A site index >= 0 refers to the site table;
+    -1 - j to `extra[j]`, an engine event built whole.
+    """
+
+    __slots__ = ("_extra", "_first", "_names", "_sites", "_start", "_stop", "_table",
+                 "_texts", "execution_id")
+
+    def __init__(
+        self,
+        execution_id: str,
+        first_seq: int,
+        table: Sequence[tuple[str, int, int, int, int, str]],
+        sites: list[int],
+        texts: list[str] | None,
+        names: list[str] | None,
+        extra: list[TraceEvent],
+        start: int = 0,
+        stop: int | None = None,
+    ) -> None:
+        self.execution_id = execution_id
+        self._first = first_seq
+        self._table = table
+        self._sites = sites
+        self._texts = texts
+        self._names = names
+        self._extra = extra
+        self._start = start
+        self._stop = len(sites) if stop is None else stop
+
+    @property
+    def first_seq(self) -> int:
+        return self._first + self._start
+
+    @property
+    def last_seq(self) -> int:
+        """The seq of the last event (first_seq - 1 when empty)."""
+        return self._first + self._stop - 1
+
+    def __len__(self) -> int:
+        return self._stop - self._start
+
+    def _event(self, index: int) -> TraceEvent:
+        k = self._sites[index]
+        if k < 0:
+            return self._extra[-1 - k]
+        kind, line, col, end_line, end_col, text = self._table[k]
+        seq = self._first + index
+        if kind == "stmt" or self._texts is None or self._names is None:
+            return TraceEvent(self.execution_id, seq, kind, line, col, end_line, end_col,
+                              text, "", "")
+        return TraceEvent(self.execution_id, seq, kind, line, col, end_line, end_col, text,
+                          self._texts[index], self._names[index])
+
+    @overload
+    def __getitem__(self, index: int) -> TraceEvent: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> EventBatch: ...
+
+    def __getitem__(self, index: int | slice) -> TraceEvent | EventBatch:
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self))
+            if step != 1:
+                raise ValueError("an EventBatch slice must be contiguous")
+            return self._narrow(self._start + start, self._start + max(start, stop))
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError("event index out of range")
+        return self._event(self._start + index)
+
+    def __iter__(self) -> Iterator[TraceEvent]:
+        return map(self._event, range(self._start, self._stop))
+
+    def _narrow(self, start: int, stop: int) -> EventBatch:
+        return EventBatch(self.execution_id, self._first, self._table, self._sites,
+                          self._texts, self._names, self._extra, start, stop)
+
+    def after(self, seq: int) -> EventBatch:
+        """The events of this batch whose seq is greater than `seq`."""
+        start = min(max(self._start, seq - self._first + 1), self._stop)
+        return self if start == self._start else self._narrow(start, self._stop)
+
+
+class EventSink(Protocol):
+    """What a Tracer delivers to (`jarvis.runtime.sinks.Sink` is the full protocol)."""
+
+    def deliver(self, events: Sequence[TraceEvent]) -> None: ...
+
+
+# -- the recorder ---------------------------------------------------------------------
+
+_NO_VALUE: Final[Any] = object()
+
+
+class Tracer:
+    """The recorder of one execution's trace: the hooks, the numbering, the batches.
+
+    Bind `hook_expr` to `_jv_t` and `hook_stmt` to `_jv_s` in the program's namespace.
+    Events are numbered from `start_seq + 1`; a resumed run that replays from a
+    snapshot taken at seq N passes `start_seq=N` (and the step count then as
+    `start_steps`) and regenerates the same numbers. Call `flush()` before anything
+    that must see the events so far (an effect, a checkpoint, the end of the run).
+    """
+
+    def __init__(
+        self,
+        execution_id: str,
+        sites: Sequence[Site],
+        sink: EventSink,
+        *,
+        start_seq: int = 0,
+        start_steps: int = 0,
+        max_steps: int | None = None,
+        max_value_chars: int = DEFAULT_MAX_VALUE_CHARS,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        self.execution_id = execution_id
+        self.sink = sink
+        self.max_steps = max_steps
+        self.batch_size = batch_size
+        self.renderer = Renderer(max_value_chars)
+        self._table = [
+            (site.kind, site.line, site.col, site.end_line, site.end_col, site.text)
+            for site in sites
+        ]
+        self._has_values = any(site.kind == "expr" for site in sites)
+        self._seq = start_seq
+        """The seq of the last event flushed."""
+        self._steps = start_steps
+        """Hook calls up to the last flush."""
+        self._extra: list[TraceEvent] = []
+        self._buffer: list[Any] = []
+        self.hook_expr, self.hook_stmt, self._set_capacity = self._hooks()
+        self._update_capacity()
+
+    def _hooks(
+        self,
+    ) -> tuple[Callable[[int, Any], Any], Callable[[int], None], Callable[[int], None]]:
+        buffer = self._buffer
+        capture = self.renderer.render
+        deferred = DEFERRED_TYPES
+        spill = self._spill
+        capacity = 2 * self.batch_size
+
+        # The two hooks below run once per traced expression and statement: every
+        # name is a local or a closure cell, `buffer.append` is specialised by the
+        # interpreter, and the only branch taken in the common case is the type test.
+        def hook_expr(k: int, value: Any) -> Any:
+            if type(value) in deferred:
+                buffer.append(k)
+                buffer.append(value)
+            else:
+                buffer.append(k)
+                buffer.append(capture(value))
+            if len(buffer) >= capacity:
+                spill()
+            return value
+
+        def hook_stmt(k: int) -> None:
+            buffer.append(k)
+            buffer.append(None)
+            if len(buffer) >= capacity:
+                spill()
+
+        def set_capacity(entries: int) -> None:
+            nonlocal capacity
+            capacity = entries
+
+        return hook_expr, hook_stmt, set_capacity
+
+    # -- counters -----------------------------------------------------------------
+
+    @property
+    def seq(self) -> int:
+        """The seq of the last event recorded (flushed or not)."""
+        return self._seq + len(self._buffer) // 2
+
+    @property
+    def steps(self) -> int:
+        """Hook calls so far (including `start_steps`)."""
+        return self._steps + len(self._buffer) // 2 - len(self._extra)
+
+    @property
+    def pending(self) -> int:
+        """Events recorded and not yet delivered."""
+        return len(self._buffer) // 2
+
+    # -- engine events ------------------------------------------------------------
+
+    def event(
+        self,
+        kind: str,
+        line: int = 0,
+        col: int = 0,
+        end_line: int = 0,
+        end_col: int = 0,
+        expr: str = "",
+        value: object = _NO_VALUE,
+        *,
+        text: str | None = None,
+        duration_ms: float | None = None,
+    ) -> TraceEvent:
+        """Record an engine event in program order; return it (with its seq).
+
+        `value` is rendered now (it may change later); pass `text` instead to record
+        text verbatim (clipped), e.g. the printed text of a `print` event.
+        """
+        if kind not in EVENT_KINDS:
+            raise ValueError(f"unknown trace event kind {kind!r}")
+        if text is not None:
+            limit = self.renderer.max_chars
+            rendered = text if len(text) <= limit else text[: limit - 1] + "…"
+            type_name = "str"
+        elif value is _NO_VALUE:
+            rendered = type_name = ""
+        else:
+            rendered, type_name = self.renderer.render(value)
+        if duration_ms is not None and not math.isfinite(duration_ms):
+            duration_ms = None
+        event = TraceEvent(
+            self.execution_id, self.seq + 1, kind, line, col, end_line or line,
+            end_col or col, expr, rendered, type_name, duration_ms,
+        )
+        self._buffer.append(-1 - len(self._extra))
+        self._buffer.append(None)
+        self._extra.append(event)
+        if len(self._buffer) >= 2 * self.batch_size:
+            self.flush()
+        return event
+
+    # -- batches ------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Render the pending events and deliver them to the sink as one batch."""
+        buffer = self._buffer
+        if not buffer:
+            return
+        sites: list[int] = buffer[0::2]
+        values: list[Any] = buffer[1::2]
+        buffer.clear()
+        extra, self._extra = self._extra, []
+        first = self._seq + 1
+        self._seq += len(sites)
+        self._steps += len(sites) - len(extra)
+        texts: list[str] | None = None
+        names: list[str] | None = None
+        if self._has_values:
+            texts, names = self.renderer.render_batch(values)
+        self.sink.deliver(
+            EventBatch(self.execution_id, first, self._table, sites, texts, names, extra)
+        )
+        self._update_capacity()
+
+    def _update_capacity(self) -> None:
+        entries = 2 * self.batch_size
+        if self.max_steps is not None:
+            left = self.max_steps - self.steps
+            entries = min(entries, 2 * max(left + 1, 1))
+        self._set_capacity(entries)
+
+    def _spill(self) -> None:
+        """Called by a hook when the buffer is full or the step limit is reached."""
+        self.flush()
+        if self.max_steps is not None and self._steps > self.max_steps:
+            raise LimitExceeded(
+                "steps", f"the program ran more than {self.max_steps:,} traced steps"
+            )
+
+    def hooks(self) -> dict[str, Callable[..., Any]]:
+        """The names the instrumented program calls, for its namespace."""
+        return {"_jv_t": self.hook_expr, "_jv_s": self.hook_stmt}
