@@ -323,7 +323,7 @@ def _assigned_locals(builder: BlockBuilder, extra: list[str]) -> set[str]:
             for node in _walk_same_scope(statement):
                 if isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
                     names.add(node.id)
-                elif isinstance(node, ast.FunctionDef) or (isinstance(node, ast.ExceptHandler) and node.name):
+                elif isinstance(node, (ast.FunctionDef, ast.ExceptHandler)) and node.name:
                     names.add(node.name)
     return names
 
