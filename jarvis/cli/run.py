@@ -1,27 +1,41 @@
-"""`jarvis run`: run one SPy program locally and print its outputs as JSON.
+"""`jarvis run`: run one SPy program locally as a durable execution.
 
-This version runs the program on the reference interpreter (plain CPython with the SPy
-runtime, in-process Books, real sleep): checked by the compiler first, not yet durable
-or traced. Prints and Book calls are shown on stderr as they happen unless --quiet;
-the outputs are one JSON object on stdout. Exit codes: 0 completed, 1 the program
-raised, 2 compile or usage error.
+Embedded defaults: state under ./.jarvis/, in-process or HTTP Books from a registry
+file, a readable live trace on stderr (unless --quiet), JSONL trace events to --log.
+The outputs are one JSON object on stdout. Exit codes: 0 completed, 1 the program
+raised or hit a limit, 2 compile or usage error, 3 suspended (SIGINT or SIGTERM: a
+snapshot is taken; the same --execution-id and --state-dir resume it).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from jarvis.compiler import Compilation
 from jarvis.runtime.books import BookRegistry
 from jarvis.runtime.errors import RuntimeSetupError
-from jarvis.runtime.locate import locate
-from jarvis.runtime.reference import ReferenceEffects, run_reference
+from jarvis.runtime.execution import Execution
+from jarvis.runtime.interrupt import interrupt_main
+from jarvis.runtime.machine import Outcome, Stopped
+from jarvis.runtime.sinks import ConsoleSink, FanOutSink, JsonlSink, NullSink, Sink
+from jarvis.runtime.statedir import StateError
+from jarvis.settings import load_settings
+
+EXIT_COMPLETED, EXIT_FAILED, EXIT_USAGE, EXIT_SUSPENDED = 0, 1, 2, 3
+
+STOP_GRACE_SECONDS = 2.0
+"""After SIGINT/SIGTERM the program gets this long to reach its next effect, where a
+fresh snapshot is taken; then it is interrupted, and the last snapshot plus the
+journal are what it resumes from (nothing is lost either way)."""
 
 
 class _UsageError(Exception):
@@ -31,7 +45,7 @@ class _UsageError(Exception):
 def _parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
-        description="Run a SPy program locally; its outputs are printed as one JSON object.",
+        description="Run a SPy program as a durable execution; print its outputs as JSON.",
     )
     parser.add_argument("program", help="path of the .spy program")
     parser.add_argument(
@@ -40,10 +54,15 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     )
     parser.add_argument("--inputs", metavar="FILE", help="a JSON object of inputs")
     parser.add_argument("--books", metavar="FILE", help="the Book registry (TOML)")
-    parser.add_argument("--execution-id", metavar="ID", help="the execution's id")
-    parser.add_argument(
-        "--quiet", action="store_true", help="show nothing on stderr but errors",
-    )
+    parser.add_argument("--execution-id", metavar="ID",
+                        help="the execution's id; the same id and state dir resume it")
+    parser.add_argument("--state-dir", metavar="DIR",
+                        help="where journals and snapshots live (default: ./.jarvis)")
+    parser.add_argument("--trace", choices=["full", "statements", "off"], default=None,
+                        help="trace level (default: statements, or JARVIS_TRACE_LEVEL)")
+    parser.add_argument("--log", metavar="FILE", help="append trace events to FILE as JSONL")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no live trace on stderr; errors only")
     return parser
 
 
@@ -68,18 +87,49 @@ def _inputs(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
+class _StopSignal:
+    """SIGINT/SIGTERM: ask the program to stop at its next effect, then insist."""
+
+    def __init__(self) -> None:
+        self.requested = threading.Event()
+        self.timer: threading.Timer | None = None
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested.is_set():
+            interrupt_main(Stopped)
+            return
+        self.requested.set()
+        self.timer = threading.Timer(STOP_GRACE_SECONDS, interrupt_main, args=(Stopped,))
+        self.timer.daemon = True
+        self.timer.start()
+
+    def cancel(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+
+
 def main(argv: Sequence[str] | None = None, prog: str = "jarvis run") -> int:
-    parser = _parser(prog)
-    args = parser.parse_args(argv)
+    args = _parser(prog).parse_args(argv)
     try:
         inputs = _inputs(args)
         data = Path(args.program).read_bytes()
     except _UsageError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except OSError as exc:
         print(f"{prog}: cannot read {args.program}: {exc.strerror}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+
+    overrides: dict[str, Any] = {}
+    if args.state_dir:
+        overrides["state_dir"] = Path(args.state_dir)
+    if args.trace:
+        overrides["trace_level"] = args.trace
+    try:
+        settings = load_settings(**overrides)
+    except ValueError as exc:
+        print(f"{prog}: invalid settings: {exc}", file=sys.stderr)
+        return EXIT_USAGE
 
     compilation = Compilation.of(data, args.program)
     if not compilation.ok:
@@ -87,59 +137,76 @@ def main(argv: Sequence[str] | None = None, prog: str = "jarvis run") -> int:
 
         palette = Palette.ansi() if sys.stderr.isatty() else PLAIN
         sys.stderr.write(render_text([compilation], palette))
-        return 2
+        return EXIT_USAGE
+    program = compilation.program(settings.trace_level)
     try:
         registry = BookRegistry.load(args.books) if args.books else BookRegistry()
     except RuntimeSetupError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
 
     execution_id = args.execution_id or uuid.uuid4().hex[:12]
-    live = not args.quiet
-
-    class _LiveEffects(ReferenceEffects):
-        def book_call(self, book: str, procedure: str, args_: list[Any],
-                      kwargs: dict[str, Any]) -> Any:
-            result = super().book_call(book, procedure, args_, kwargs)
-            if live:
-                shown = ", ".join([*map(repr, args_), *(f"{k}={v!r}" for k, v in kwargs.items())])
-                print(f"  book  {book}.{procedure}({_clip(shown)}) -> {_clip(repr(result))}",
-                      file=sys.stderr)
-            return result
-
-        def print(self, text: str) -> None:
-            super().print(text)
-            if live:
-                sys.stderr.write(f"  print {text}")
-
-    if live:
-        print(f"jarvis: running {args.program} as execution {execution_id}", file=sys.stderr)
+    sinks: list[Sink] = []
+    if not args.quiet:
+        sinks.append(ConsoleSink(sys.stderr))
+    if args.log:
+        sinks.append(JsonlSink(args.log))
+    sink: Sink = FanOutSink(sinks) if sinks else NullSink()
+    stop = _StopSignal()
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    execution = Execution(program, execution_id=execution_id, inputs=inputs,
+                          books=registry, settings=settings, sink=sink,
+                          stop_requested=stop.requested.is_set)
     try:
-        result = run_reference(
-            data, inputs=inputs, books=registry, path=args.program,
-            execution_id=execution_id, real_sleep=True, effects_type=_LiveEffects,
-        )
-    except RuntimeSetupError as exc:
+        finished = execution.finished()
+        if finished is not None:
+            print(json.dumps(finished.get("outputs", {}), indent=2, ensure_ascii=False))
+            if not args.quiet:
+                print(f"jarvis: execution {execution_id} had already {finished['status']}",
+                      file=sys.stderr)
+            return EXIT_COMPLETED if finished["status"] == "completed" else EXIT_FAILED
+        if not args.quiet:
+            verb = "resuming" if execution.directory.journal.exists() else "running"
+            print(f"jarvis: {verb} {args.program} as execution {execution_id} "
+                  f"(trace {settings.trace_level}, state in {settings.state_dir})",
+                  file=sys.stderr)
+        try:
+            outcome = execution.run()
+        except Stopped:
+            outcome = Outcome("suspended", {})
+    except (RuntimeSetupError, StateError) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
-        return 2
-    except TypeError as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(result.outputs, indent=2, ensure_ascii=False))
-    if result.error is not None:
-        _report_error(result.error, args.program, compilation)
-        return 1
-    if live:
+        return EXIT_USAGE
+    finally:
+        stop.cancel()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        sink.close()
+        registry.close()
+    return _report(outcome, args, execution_id, compilation)
+
+
+def _report(outcome: Outcome, args: argparse.Namespace, execution_id: str,
+            compilation: Compilation) -> int:
+    print(json.dumps(outcome.outputs, indent=2, ensure_ascii=False))
+    if outcome.status == "suspended":
+        print(f"jarvis: execution {execution_id} suspended; resume it with:\n"
+              f"  jarvis run {args.program} --execution-id {execution_id}"
+              + (f" --state-dir {args.state_dir}" if args.state_dir else ""),
+              file=sys.stderr)
+        return EXIT_SUSPENDED
+    if outcome.status == "failed":
+        _report_error(outcome, args.program, compilation)
+        return EXIT_FAILED
+    if not args.quiet:
         print(f"jarvis: execution {execution_id} completed", file=sys.stderr)
-    return 0
+    return EXIT_COMPLETED
 
 
-def _clip(text: str, limit: int = 120) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _report_error(error: BaseException, path: str, compilation: Compilation) -> None:
-    where = locate(error, path)
+def _report_error(outcome: Outcome, path: str, compilation: Compilation) -> None:
+    error = outcome.error
+    assert error is not None
+    where = outcome.location
     name = type(error).__name__
     if where is None:
         print(f"{path}: {name}: {error}", file=sys.stderr)

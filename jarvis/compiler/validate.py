@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import re
+import sys
 from collections.abc import Iterator
 
 from jarvis.compiler.diagnostics import Diagnostic
@@ -222,6 +223,11 @@ class _Validator:
                 type(node.value), "`...` (Ellipsis)"
             )
             self.report("SPY115", f"{kind} literals are not part of SPy", node)
+        elif type(node.value) is int and _too_long_to_print(node.value):
+            # The parser refuses such decimal literals; hex, octal and binary ones get
+            # here, and Python could not write them out again (`ast.unparse`, repr).
+            limit = sys.get_int_max_str_digits()
+            self.report("SPY001", f"an int literal may have at most {limit} decimal digits", node)
 
     # -- helpers ------------------------------------------------------------------
 
@@ -288,6 +294,13 @@ def binding_position(
             col = len(text[: found.start(1)].encode("utf-8"))
             return number, col, col + len(name.encode("utf-8"))
     return node.lineno, node.col_offset, node.col_offset + 1
+
+
+def _too_long_to_print(value: int) -> bool:
+    """Whether `value` has more decimal digits than `str(value)` may produce."""
+    limit = sys.get_int_max_str_digits()
+    # A bit costs at most 0.302 decimal digits: cheap test first, exact one near the limit.
+    return limit > 0 and value.bit_length() * 0.302 > limit - 1 and abs(value) >= 10**limit
 
 
 def _all_args(node: ast.arguments) -> Iterator[ast.arg]:

@@ -45,20 +45,23 @@ class SnapshotSink(Protocol):
 
 
 class TraceHooks(Protocol):
-    """The parts of a tracer the Machine uses."""
+    """The parts of a tracer (jarvis.runtime.trace.Tracer) the Machine uses."""
 
-    seq: int
+    @property
+    def seq(self) -> int: ...
 
-    def event(self, kind: str, line: int, col: int, end_line: int, end_col: int,
-              expr: str, value: Any) -> None: ...
+    @property
+    def steps(self) -> int: ...
+
+    def event(self, kind: str, line: int = 0, col: int = 0, end_line: int = 0,
+              end_col: int = 0, expr: str = "", value: object = ..., *,
+              text: str | None = None, duration_ms: float | None = None) -> Any: ...
 
     def hooks(self) -> dict[str, Callable[..., Any]]: ...
 
     def flush(self) -> None: ...
 
-    def state(self) -> dict[str, int]: ...
-
-    def restore(self, state: dict[str, int]) -> None: ...
+    def resume_at(self, seq: int, steps: int) -> None: ...
 
 
 @dataclass
@@ -127,6 +130,8 @@ class Machine:
         self.effect_count = 0
         self.stack: list[Frame] = []
         self.resume: tuple[int, Any] = (0, None)
+        # A durable sleep in progress: the wall-clock time it ends.
+        self.waiting_until: float | None = None
         self.snapshot_effects = 0
         self.snapshot_time = clock()
         self.snapshots_taken = 0
@@ -143,9 +148,10 @@ class Machine:
             "globals": self.namespace.user_globals(),
             "outputs": self.outputs,
             "resume": self.resume,
+            "waiting_until": self.waiting_until,
             "effects": self.effect_count,
             "counters": self.counters(),
-            "tracer": self.tracer.state(),
+            "tracer": (self.tracer.seq, self.tracer.steps),
         }
         return self.namespace.dumps(state)
 
@@ -156,12 +162,13 @@ class Machine:
         self.namespace.globals.update(state["globals"])
         self.outputs = state["outputs"]
         self.resume = state["resume"]
+        self.waiting_until = state["waiting_until"]
         self.effect_count = state["effects"]
         counters = state["counters"]
         self.output_bytes = counters.get("output_bytes", 0)
         self.print_bytes = counters.get("print_bytes", 0)
         self.book_calls = counters.get("book_calls", 0)
-        self.tracer.restore(state["tracer"])
+        self.tracer.resume_at(*state["tracer"])
         self.snapshot_effects = self.effect_count
 
     def counters(self) -> dict[str, int]:
@@ -210,6 +217,8 @@ class Machine:
         return Outcome("completed", self.outputs, counters=self.counters())
 
     def drive(self) -> None:
+        if self.waiting_until is not None:
+            self.wait_until(self.waiting_until, snapshot_on_stop=True)
         stack = self.stack
         steps = self.namespace.steps
         mode, value = self.resume
@@ -263,7 +272,7 @@ class Machine:
             if kind == BOOK:
                 result = self.book_call(target[0], target[1], list(args), kwargs, site)
             elif kind == SLEEP:
-                self.sleep(*args, **kwargs)
+                self.waiting_until = self.sleep_record(*args, **kwargs)
                 result = None
             elif kind == CHECKPOINT:
                 _no_arguments("checkpoint", args, kwargs)
@@ -275,9 +284,11 @@ class Machine:
             outcome: tuple[int, Any] = (1, exc)
         else:
             outcome = (0, result)
+        self.resume = outcome
         if self._snapshot_due(kind):
-            self.resume = outcome
             self.take_snapshot()
+        if self.waiting_until is not None:
+            self.wait_until(self.waiting_until, snapshot_on_stop=True)
         return outcome
 
     def _snapshot_due(self, kind: int) -> bool:
@@ -336,9 +347,8 @@ class Machine:
             self.commit(record)
         value, failure = book_outcome(record)
         self.tracer.event("book_end", line, col, end_line, end_col, call_text,
-                          {"ms": record.get("ms"), "error": record.get("err"),
-                           "result": value} if failure else
-                          {"ms": record.get("ms"), "result": value})
+                          {"error": record["err"]} if failure else value,
+                          duration_ms=record.get("ms"))
         if failure is not None:
             raise failure
         return value
@@ -354,6 +364,11 @@ class Machine:
         return value
 
     def sleep(self, seconds: float = 0.0, *extra: Any, **kwargs: Any) -> None:
+        """`sleep()` reached without suspending (called through a variable)."""
+        self.wait_until(self.sleep_record(seconds, *extra, **kwargs), snapshot_on_stop=False)
+
+    def sleep_record(self, seconds: float = 0.0, *extra: Any, **kwargs: Any) -> float:
+        """Journal (or replay) a sleep; return the wall-clock time it ends."""
         if extra or kwargs:
             raise TypeError("sleep() takes exactly one argument (seconds)")
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
@@ -369,14 +384,19 @@ class Machine:
             until = self.clock() + float(seconds)
             self.commit({"k": "sleep", "until": until})
         self.tracer.event("sleep", 0, 0, 0, 0, "sleep", seconds)
-        self.wait_until(until)
+        return until
 
-    def wait_until(self, until: float) -> None:
+    def wait_until(self, until: float, snapshot_on_stop: bool) -> None:
+        """Wait for a durable sleep to end; a stop meanwhile suspends the execution
+        (with a snapshot that remembers when the sleep ends, if the frames allow)."""
         while True:
             remaining = until - self.clock()
             if remaining <= 0:
+                self.waiting_until = None
                 return
             if self.stop_requested():
+                if snapshot_on_stop:
+                    self.take_snapshot()
                 raise Stopped()
             self.wait(min(remaining, 0.1))
 
@@ -412,7 +432,7 @@ class Machine:
         if self.print_bytes > self.limits.max_print_bytes:
             raise LimitExceeded("print_bytes",
                                 f"printed more than {self.limits.max_print_bytes} bytes")
-        self.tracer.event("print", 0, 0, 0, 0, "print", text)
+        self.tracer.event("print", 0, 0, 0, 0, "print", text=text)
 
 
 def _position(site: Any) -> tuple[int, int, int, int]:

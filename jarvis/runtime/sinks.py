@@ -289,3 +289,27 @@ def line_protocol(event: TraceEvent, timestamp_ns: int | None = None) -> str:
         fields += f",duration_ms={event.duration_ms!r}"
     line = f"{escape_measurement(MEASUREMENT)}{tags} {fields}"
     return line if timestamp_ns is None else f"{line} {timestamp_ns}"
+
+
+class FanOutSink:
+    """Delivers every batch to several sinks (say, the console and a JSONL log)."""
+
+    def __init__(self, sinks: Sequence[Sink]) -> None:
+        self.sinks = list(sinks)
+
+    @property
+    def last_delivered(self) -> int:
+        return min((sink.last_delivered for sink in self.sinks), default=0)
+
+    @last_delivered.setter
+    def last_delivered(self, seq: int) -> None:
+        for sink in self.sinks:
+            sink.last_delivered = max(sink.last_delivered, seq)
+
+    def deliver(self, events: Sequence[TraceEvent]) -> None:
+        for sink in self.sinks:
+            sink.deliver(events)
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()

@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 from jarvis.compiler.lower.suspension import SuspensionInfo
 
 
+_COMPREHENSION_TYPES = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
+
+
 @dataclass
 class HoistResult:
     tree: ast.Module
@@ -89,9 +92,7 @@ class _Hoister:
                     else:
                         found.append(child)
                     continue
-                inside = in_native_comprehension or isinstance(
-                    child, (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
-                )
+                inside = in_native_comprehension or isinstance(child, _COMPREHENSION_TYPES)
                 visit(child, inside)
 
         for field_name, value in ast.iter_fields(statement):
@@ -102,18 +103,14 @@ class _Hoister:
                             holder = ast.Expr(value=handler.type)
                             visit(holder, False)
                 continue
-            if isinstance(value, ast.AST):
-                if self.needs_hoist(value):
-                    found.append(value)
+            items = value if isinstance(value, list) else [value]
+            for item in items:
+                if not isinstance(item, ast.AST) or isinstance(item, ast.stmt):
+                    continue
+                if self.needs_hoist(item):
+                    found.append(item)
                 else:
-                    visit(value, False)
-            elif isinstance(value, list):
-                for item in value:
-                    if isinstance(item, ast.AST) and not isinstance(item, ast.stmt):
-                        if self.needs_hoist(item):
-                            found.append(item)
-                        else:
-                            visit(item, False)
+                    visit(item, isinstance(item, _COMPREHENSION_TYPES))
         return found
 
     # -- rewriting ----------------------------------------------------------------------

@@ -166,6 +166,10 @@ def lower_program(tree: ast.Module) -> LoweredProgram:
         display.update(result.display_names)
         if not result.changed:
             break
+    if problems:
+        # What cannot be hoisted cannot be lowered; report it and stop here.
+        empty = ast.Module(body=[], type_ignores=[])
+        return LoweredProgram(empty, {}, [], problems)
     scopes = analyse_scopes(tree)
     info = analyse_suspension(tree, scopes)
     for call_node, argument in info.callback_misuse:
@@ -177,6 +181,8 @@ def lower_program(tree: ast.Module) -> LoweredProgram:
             argument,
         ))
 
+    if problems:
+        return LoweredProgram(ast.Module(body=[], type_ignores=[]), {}, [], problems)
     boxes = _Boxes(scopes, info)
     boxes.index_names(tree)
     boxes.decide()

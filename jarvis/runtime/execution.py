@@ -1,0 +1,221 @@
+"""A durable execution: one program, its state directory, and a Machine to run it.
+
+`Execution.run()` starts the program, or resumes it when its state directory already
+holds a journal: from the newest snapshot that verifies (older ones are the fallback),
+replaying the journal's tail without calling Books, then live. What the execution was
+started with (program digest, inputs, trace level) is recorded on first start so a
+resume runs the same thing; how it ended is recorded in `status.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from jarvis.compiler.compiled import CompiledProgram
+from jarvis.compiler.phases import COMPILER_VERSION
+from jarvis.runtime.books import BookRegistry
+from jarvis.runtime.journal import Journal
+from jarvis.runtime.machine import Machine, MachineLimits, Outcome, SnapshotPolicy
+from jarvis.runtime.sinks import Sink
+from jarvis.runtime.snapshots import (
+    FORMAT_VERSION,
+    SnapshotHeader,
+    SnapshotRejected,
+    SnapshotStore,
+)
+from jarvis.runtime.statedir import ExecutionDir, StateError
+from jarvis.runtime.trace import Tracer
+from jarvis.settings import EngineSettings
+
+
+class ExecutionMismatch(StateError):
+    """A resume was asked for with another program than the one the execution started."""
+
+
+@dataclass
+class ResumeReport:
+    """How an execution came back: from which snapshot, what was skipped, what replayed."""
+
+    resumed: bool = False
+    snapshot: int | None = None
+    skipped: list[str] = field(default_factory=list)
+    replayed_effects: int = 0
+    dropped_journal_bytes: int = 0
+
+
+class _Snapshots:
+    """The Machine's snapshot sink: a SnapshotStore with this execution's header."""
+
+    def __init__(self, store: SnapshotStore, program: CompiledProgram, execution_id: str) -> None:
+        self.store = store
+        self.program = program
+        self.execution_id = execution_id
+
+    def save(self, payload: bytes, effect_count: int, counters: dict[str, int]) -> None:
+        header = SnapshotHeader(
+            format_version=FORMAT_VERSION,
+            program_hash=self.program.digest,
+            compiler_version=COMPILER_VERSION,
+            execution_id=self.execution_id,
+            journal_index=effect_count,
+            created_at=time.time(),
+            counters=dict(counters),
+        )
+        self.store.write(payload, header)
+
+
+class Execution:
+    """Run or resume one execution of `program` under `settings.state_dir`."""
+
+    def __init__(
+        self,
+        program: CompiledProgram,
+        *,
+        execution_id: str,
+        inputs: dict[str, Any],
+        books: BookRegistry,
+        settings: EngineSettings,
+        sink: Sink,
+        stop_requested: Callable[[], bool] = lambda: False,
+        clock: Callable[[], float] = time.time,
+        wait: Callable[[float], None] = time.sleep,
+        guard: Callable[[], None] | None = None,
+    ) -> None:
+        self.program = program
+        self.execution_id = execution_id
+        self.inputs = inputs
+        self.books = books
+        self.settings = settings
+        self.sink = sink
+        self.stop_requested = stop_requested
+        self.clock = clock
+        self.wait = wait
+        self.guard = guard
+        self.directory = ExecutionDir(settings.state_dir, execution_id)
+        self.report = ResumeReport()
+
+    def finished(self) -> dict[str, Any] | None:
+        """The recorded status of an execution that already completed or failed."""
+        status = self.directory.read_status()
+        if status and status.get("status") in ("completed", "failed"):
+            return status
+        return None
+
+    def run(self) -> Outcome:
+        for book in self.program.books:
+            self.books.get(book)  # a Book missing from the registry fails before any effect
+        directory = self.directory
+        directory.create()
+        keys = self.settings.hmac_key_bytes
+        started = directory.read_status() or {}
+        if started.get("program") and started["program"] != self.program.digest:
+            raise ExecutionMismatch(
+                f"execution {self.execution_id} was started with another program (or "
+                "trace level, or compiler version); start a new execution id to run this one"
+            )
+        inputs = started.get("inputs", self.inputs) if started else self.inputs
+        journal = Journal.open(directory.journal, keys, self.execution_id,
+                               fsync=self.settings.journal_fsync, guard=self.guard)
+        self.report.dropped_journal_bytes = journal.dropped_tail_bytes
+        store = SnapshotStore(directory.snapshots, keys, keep=self.settings.snapshot_keep,
+                              guard=self.guard,
+                              max_bytes=self.settings.limits.max_snapshot_bytes)
+        try:
+            loaded = store.load_newest(self.program.digest, COMPILER_VERSION,
+                                       expect_execution_id=self.execution_id)
+        except SnapshotRejected as exc:
+            # No snapshot verifies: replaying the whole journal from the start is
+            # slower but sound, since every effect of the run is in it.
+            self.report.skipped = [str(s) for s in exc.skipped]
+            loaded = None
+        limits = self.settings.limits
+        last_delivered = directory.read_trace_seq() or 0
+        sink = _DeliveryRecorder(self.sink, directory, last_delivered)
+        tracer = Tracer(self.execution_id, self.program.trace_sites, sink,
+                        max_steps=limits.max_steps)
+        machine = Machine(
+            self.program,
+            execution_id=self.execution_id,
+            inputs=inputs,
+            books=self.books,
+            effects=journal,
+            tracer=tracer,
+            snapshots=_Snapshots(store, self.program, self.execution_id),
+            policy=SnapshotPolicy(self.settings.snapshot_every_effects,
+                                  self.settings.snapshot_every_seconds),
+            limits=MachineLimits(
+                max_recursion_depth=limits.max_recursion_depth,
+                max_book_calls=limits.max_book_calls,
+                max_output_bytes=limits.max_output_bytes,
+            ),
+            clock=self.clock,
+            wait=self.wait,
+            stop_requested=self.stop_requested,
+        )
+        if loaded is not None:
+            machine.restore(loaded.payload)
+            self.report.resumed = True
+            self.report.snapshot = loaded.sequence
+            self.report.skipped += [str(s) for s in loaded.skipped]
+        else:
+            machine.start_fresh()
+            self.report.resumed = journal.count > 0
+        self.report.replayed_effects = journal.count - machine.effect_count
+        if not started:
+            directory.write_status({
+                "status": "running", "program": self.program.digest,
+                "inputs": inputs, "trace": self.program.trace_level,
+            })
+        try:
+            outcome = machine.run()
+        finally:
+            journal.close()
+        record: dict[str, Any] = {
+            "status": outcome.status, "program": self.program.digest, "inputs": inputs,
+            "trace": self.program.trace_level, "outputs": outcome.outputs,
+            "counters": outcome.counters,
+        }
+        if outcome.error is not None:
+            record["error"] = error_record(outcome)
+        directory.write_status(json.loads(json.dumps(record, default=str)))
+        return outcome
+
+
+def error_record(outcome: Outcome) -> dict[str, Any]:
+    """The error of a failed outcome as status events and files carry it."""
+    error = outcome.error
+    assert error is not None
+    where = outcome.location
+    return {
+        "type": type(error).__name__,
+        "message": str(error),
+        "line": where.line if where else None,
+        "col": where.col if where else None,
+    }
+
+
+class _DeliveryRecorder:
+    """Passes trace batches on and remembers the last delivered seq in the state dir."""
+
+    def __init__(self, sink: Sink, directory: ExecutionDir, last_delivered: int) -> None:
+        self.sink = sink
+        self.directory = directory
+        if last_delivered > sink.last_delivered:
+            sink.last_delivered = last_delivered
+
+    @property
+    def last_delivered(self) -> int:
+        return self.sink.last_delivered
+
+    def deliver(self, events: Any) -> None:
+        before = self.sink.last_delivered
+        self.sink.deliver(events)
+        if self.sink.last_delivered != before:
+            self.directory.write_trace_seq(self.sink.last_delivered, fsync=False)
+
+    def close(self) -> None:
+        self.sink.close()
