@@ -56,7 +56,7 @@ class Limits(BaseModel):
         default=200, ge=1, description="Nested SPy function calls (frames) at one time."
     )
     max_book_calls: int = Field(
-        default=10_000, ge=0, description="Book procedure calls, in total."
+        default=1_000_000, ge=0, description="Book procedure calls, in total."
     )
     max_snapshot_bytes: int = Field(
         default=64 << 20, ge=1, description="Size of one snapshot's payload (the pickled state)."

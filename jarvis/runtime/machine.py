@@ -69,7 +69,7 @@ class MachineLimits:
     """Limits the Machine itself enforces."""
 
     max_recursion_depth: int = 200
-    max_book_calls: int = 10_000
+    max_book_calls: int = 1_000_000
     max_output_bytes: int = 1 << 20
     max_print_bytes: int = 1 << 20
 

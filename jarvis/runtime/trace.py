@@ -28,9 +28,9 @@ from __future__ import annotations
 
 import math
 import types
-from collections.abc import Callable, Iterator, Sequence
-from itertools import compress, islice, repeat
-from operator import attrgetter, is_
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import compress, islice
+from sys import getsizeof
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol, overload
 
 from jarvis.runtime.errors import LimitExceeded
@@ -111,17 +111,24 @@ _SET_SORT_LIMIT: Final = 64
 _MIN_ROOM: Final = 6
 
 _FLAT: Final = frozenset({int, float, bool, _NoneType, str})
-"""Types whose repr C can produce directly, once ints and strings are known small."""
-_REPR_SAFE: Final = frozenset({int, float, bool, _NoneType, str, range})
-"""Deferred types whose batch rendering is `repr` (with size checks for int and str)."""
+"""Scalar types whose repr C produces directly, once their size is known to be small."""
 DEFERRED_TYPES: Final = frozenset({
     int, float, bool, _NoneType, str, range, type,
     types.FunctionType, types.BuiltinFunctionType,
 })
 """Values of these exact types cannot change, so their rendering waits for the batch."""
 
-_type_name = attrgetter("__name__")
 _pair = "{}: {}".format
+
+
+def _flat_size(max_chars: int) -> int:
+    """The largest `sys.getsizeof` of an int or str whose repr surely fits `max_chars`.
+
+    A str's size is 49 bytes plus one per character when it is ASCII, and its repr is at
+    most four characters per character (`\\x00`) plus quotes; wider strings cost more
+    bytes per character than their escapes add. An int of that size has far fewer digits.
+    """
+    return 49 + max(0, max_chars - 2) // 4
 
 
 class Renderer:
@@ -130,9 +137,9 @@ class Renderer:
     At most `max_chars` characters; at most `max_items` items of a container and
     `max_depth` levels of nesting are looked at, so the work does not grow with the
     value. Cut-off containers, strings and ints say how big they are:
-    `[1, 2, 3, … (1000000 items)]`, `'abc…' (5000000 chars)`.
-    Functions and builtins render without memory addresses; sets render sorted; a
-    value whose rendering fails renders as `<unrenderable TYPE>`.
+    `[1, 2, 3, … (1000000 items)]`, `'abc…' (5000000 chars)`, `<int of 20000 bits>`.
+    Functions and builtins render without memory addresses, sets sorted; a value whose
+    rendering fails renders as `<unrenderable TYPE>`.
     """
 
     def __init__(
@@ -143,6 +150,7 @@ class Renderer:
         self.max_chars = max_chars
         self.max_items = max_items
         self.max_depth = max_depth
+        self._flat_size = _flat_size(max_chars)
         self._by_type: dict[type, Callable[[Any, int, int], str]] = {
             int: self._int,
             str: self._str,
@@ -155,7 +163,7 @@ class Renderer:
             type({}.keys()): self._view,
             type({}.values()): self._view,
             type({}.items()): self._view,
-            range: _plain,
+            range: self._range,
             float: _plain,
             bool: _plain,
             _NoneType: _plain,
@@ -209,29 +217,38 @@ class Renderer:
         suffix = f"…{head[-1]} ({size} chars)"
         return head[: max(2, room - len(suffix))] + suffix
 
+    def _range(self, value: range, room: int, depth: int) -> str:
+        bounds = [value.start, value.stop] if value.step == 1 else [
+            value.start, value.stop, value.step]
+        return "range(" + ", ".join([self._int(b, room // 3, depth) for b in bounds]) + ")"
+
     def _list(self, value: list[Any], room: int, depth: int) -> str:
-        return self._sequence(value, len(value), "[", "]", room, depth)
+        return self._sequence(value, len(value), "[", "]", room, depth, True)
 
     def _tuple(self, value: tuple[Any, ...], room: int, depth: int) -> str:
         if len(value) == 1:
             return "(" + self.text(value[0], room - 3, depth + 1) + ",)"
-        return self._sequence(value, len(value), "(", ")", room, depth)
+        return self._sequence(value, len(value), "(", ")", room, depth, True)
 
     def _sequence(
         self, value: list[Any] | tuple[Any, ...], size: int, opening: str, closing: str,
-        room: int, depth: int,
+        room: int, depth: int, whole: bool = False,
     ) -> str:
-        """`value` (at least its first `max_items` items) as the items of a container
-        of `size` items."""
+        """The items of `value` (the first `max_items` are looked at) between `opening`
+        and `closing`, for a container of `size` items. `whole`: the repr of `value`
+        itself has that form, so C may write it."""
         if not size:
             return opening + closing
         if depth >= self.max_depth:
-            return f"{opening}… ({size} items){closing}"
+            return f"{opening}{_more(size)}{closing}"
         head = value if len(value) <= self.max_items else value[: self.max_items]
-        flat = self._flat(head, room)
-        if flat is not None:
-            return _join(flat, size, opening, closing, room)
-        return self._items(iter(head), size, opening, closing, room, depth)
+        if set(map(type, head)) <= _FLAT and max(map(getsizeof, head)) <= self._flat_size:
+            if whole and head is value:
+                text = repr(value)
+                if len(text) <= room:
+                    return text
+            return _join([*map(repr, head)], size, opening, closing, room)
+        return self._items(head, size, opening, closing, room, depth)
 
     def _dict(self, value: dict[Any, Any], room: int, depth: int) -> str:
         return self._mapping(value, "{", "}", room, depth)
@@ -247,16 +264,24 @@ class Renderer:
         if not size:
             return opening + closing
         if depth >= self.max_depth:
-            return f"{opening}… ({size} items){closing}"
+            return f"{opening}{_more(size)}{closing}"
         if size <= self.max_items:
-            keys, values = list(value), list(value.values())
+            keys, values = [*value], [*value.values()]
         else:
-            keys = list(islice(value, self.max_items))
-            values = list(islice(value.values(), self.max_items))
-        key_texts = self._flat(keys, room)
-        value_texts = self._flat(values, room) if key_texts is not None else None
-        if key_texts is not None and value_texts is not None:
-            return _join(list(map(_pair, key_texts, value_texts)), size, opening, closing, room)
+            keys = [*islice(value, self.max_items)]
+            values = [*islice(value.values(), self.max_items)]
+        limit = self._flat_size
+        if (
+            {*map(type, keys), *map(type, values)} <= _FLAT
+            and max(map(getsizeof, keys)) <= limit
+            and max(map(getsizeof, values)) <= limit
+        ):
+            if type(value) is dict and size <= self.max_items:
+                text = repr(value)
+                if len(text) <= room:
+                    return text
+            texts = [*map(_pair, map(repr, keys), map(repr, values))]
+            return _join(texts, size, opening, closing, room)
         pairs = zip(keys, values, strict=True)
         return self._items(pairs, size, opening, closing, room, depth, pairs=True)
 
@@ -268,13 +293,13 @@ class Renderer:
         if size > _SET_SORT_LIMIT or depth >= self.max_depth:
             # The iteration order of a set of strings changes from process to process
             # (hash randomization), and sorting a large set is not bounded work.
-            return f"{opening}… ({size} items){closing}"
-        texts = sorted(self.text(item, room, depth + 1) for item in value)
+            return f"{opening}{_more(size)}{closing}"
+        texts = sorted([self.text(item, room, depth + 1) for item in value])
         return _join(texts, size, opening, closing, room)
 
     def _view(self, value: Any, room: int, depth: int) -> str:
         name = type(value).__name__
-        items = list(islice(value, self.max_items))
+        items = [*islice(value, self.max_items)]
         return self._sequence(items, len(value), name + "([", "])", room, depth)
 
     def _exception(self, value: BaseException, room: int, depth: int) -> str:
@@ -284,33 +309,18 @@ class Renderer:
             return f"{name}({self.text(args[0], room - len(name) - 2, depth + 1)})"
         return self._sequence(args, len(args), name + "(", ")", room, depth)
 
-    # -- containers ---------------------------------------------------------------
-
-    def _flat(self, items: list[Any] | tuple[Any, ...], room: int) -> list[str] | None:
-        """The reprs of `items` made by C, if they are all small scalars; else None."""
-        kinds = set(map(type, items))
-        if not kinds <= _FLAT:
-            return None
-        if str in kinds:
-            strings = items if len(kinds) == 1 else [x for x in items if type(x) is str]
-            if max(map(len, strings)) > room:
-                return None
-        if int in kinds:
-            ints = items if len(kinds) == 1 else [x for x in items if type(x) is int]
-            if max(ints) >= _BIG_INT or min(ints) <= -_BIG_INT:
-                return None
-        return list(map(repr, items))
-
     def _items(
-        self, items: Iterator[Any], size: int, opening: str, closing: str, room: int,
+        self, items: Iterable[Any], size: int, opening: str, closing: str, room: int,
         depth: int, pairs: bool = False,
     ) -> str:
-        marker = f"… ({size} items)"
-        space = room - len(opening) - len(closing) - len(marker) - 2
+        """Items rendered one by one, as many as fit in `room`."""
+        marker = _more(size)
+        space = room - len(opening) - len(closing)
         parts: list[str] = []
         used = 0
-        for item in items:
-            left = space - used
+        for index, item in enumerate(items):
+            # Keep room for the marker unless this is the last item.
+            left = space - used - (0 if index == size - 1 else len(marker) + 2)
             if left < _MIN_ROOM:
                 break
             if pairs:
@@ -319,7 +329,7 @@ class Renderer:
                 text = key_text + ": " + self.text(val, left - len(key_text) - 2, depth + 1)
             else:
                 text = self.text(item, left, depth + 1)
-            if len(text) > left and parts:
+            if len(text) > left:
                 break
             parts.append(text)
             used += len(text) + 2
@@ -329,48 +339,49 @@ class Renderer:
 
     # -- a batch of deferred values -----------------------------------------------
 
-    def render_batch(self, values: list[Any]) -> tuple[list[str], list[str]]:
-        """The texts and type names of a batch of values, in order.
+    def render_batch(self, values: list[Any]) -> tuple[list[str], list[type], dict[int, str]]:
+        """Render a batch of values: (texts, their types, type names that differ).
 
         `values` holds deferred values (`DEFERRED_TYPES`) and `(text, type name)`
-        tuples rendered earlier; it is consumed (entries may be replaced). The common
-        case costs a few C-level passes over the batch.
+        tuples rendered earlier; it is consumed (entries get replaced). The types list
+        is `type(value)` per entry; where the entry was rendered earlier, the name in
+        the third result is the one to use. The common case is a few C-level passes.
         """
         kinds = [*map(type, values)]
         present = set(kinds)
-        odd = present - _REPR_SAFE
-        fix: list[int] = []
+        count = range(len(values))
+        special: dict[int, Any] = {}
+        odd = present - _FLAT
         if odd:
-            fix = list(compress(range(len(kinds)), map(odd.__contains__, kinds)))
-        limit = self.max_chars
-        if str in present:
-            is_str = list(map(is_, kinds, repeat(str)))
-            if max(map(len, compress(values, is_str))) > limit:
-                fix.extend(i for i in compress(range(len(kinds)), is_str) if len(values[i]) > limit)
-        originals = {i: values[i] for i in fix}
-        for i in fix:
-            values[i] = None
-        try:
-            texts = [*map(repr, values)]
-        except ValueError:  # an int too long for decimal conversion
-            huge = [i for i, v in enumerate(values)
-                    if type(v) is int and v.bit_length() > _MAX_INT_BITS]
-            for i in huge:
-                originals[i] = values[i]
+            for i in compress(count, map(odd.__contains__, kinds)):
+                special[i] = values[i]
                 values[i] = None
-            texts = [*map(repr, values)]
-        if max(map(len, texts)) > limit:
-            # Long ints, ranges of long ints, strings whose repr grew with escapes.
-            for i in compress(range(len(texts)), map(limit.__lt__, map(len, texts))):
-                if i not in originals:
-                    originals[i] = values[i]
-        names = [*map(_type_name, kinds)]
-        for i, value in originals.items():
+        limit = self.max_chars
+        check: list[int] = []
+        if max(map(getsizeof, values)) > self._flat_size:
+            # A long int or string: render it apart, or check its repr's length after.
+            for i in compress(count, map(self._flat_size.__lt__, map(getsizeof, values))):
+                value = values[i]
+                if type(value) is str and len(value) <= limit:
+                    check.append(i)
+                else:
+                    special[i] = value
+                    values[i] = None
+        texts = [*map(repr, values)]
+        for i in check:
+            if len(texts[i]) > limit:
+                special[i] = values[i]
+        names: dict[int, str] = {}
+        for i, value in special.items():
             if type(value) is tuple:
                 texts[i], names[i] = value
             else:
                 texts[i], names[i] = self.render(value)
-        return texts, names
+        return texts, kinds, names
+
+
+def _more(size: int) -> str:
+    return f"… ({size} item{'' if size == 1 else 's'})"
 
 
 def _plain(value: object, room: int, depth: int) -> str:
@@ -395,20 +406,19 @@ def _builtin(value: types.BuiltinFunctionType, room: int, depth: int) -> str:
 def _join(texts: list[str], size: int, opening: str, closing: str, room: int) -> str:
     """`opening + ", ".join(texts) + closing`, cut at an item so that it fits `room`,
     with a "… (N items)" marker when not all `size` items are shown."""
-    total = sum(map(len, texts)) + 2 * len(texts) + len(opening) + len(closing)
-    if len(texts) == size and total <= room + 2:
-        return opening + ", ".join(texts) + closing
-    marker = f"… ({size} items)"
-    space = room - len(opening) - len(closing) - len(marker) - 2
+    if len(texts) == size:
+        text = opening + ", ".join(texts) + closing
+        if len(text) <= room:
+            return text
+    marker = _more(size)
+    space = room - len(opening) - len(closing) - len(marker)
     shown = 0
     used = 0
     for text in texts:
         used += len(text) + 2
-        if used > space and shown:
+        if used > space:
             break
         shown += 1
-    if shown == len(texts) == size:
-        return opening + ", ".join(texts) + closing
     return opening + ", ".join([*texts[:shown], marker]) + closing
 
 
@@ -421,18 +431,28 @@ def render(value: object, max_chars: int = DEFAULT_MAX_VALUE_CHARS) -> tuple[str
     return renderer.render(value)
 
 
+class _TypeNames(dict[type, str]):
+    def __missing__(self, key: type) -> str:
+        name = self[key] = key.__name__
+        return name
+
+
+_type_names = _TypeNames()
+
+
 # -- batches --------------------------------------------------------------------------
 
 
 class EventBatch(Sequence[TraceEvent]):
     """Consecutive events, stored as columns; a `TraceEvent` is built when read.
 
-    Entry i has seq `first_seq + i`. A site index >= 0 refers to the site table;
-    -1 - j to `extra[j]`, an engine event built whole.
+    Entry i has seq `first_seq + i`. A site index >= 0 refers to the site table, and
+    the entry's value is `texts[i]` of type `names.get(i)` or else `kinds[i]`'s name;
+    a site index -1 - j refers to `extra[j]`, an engine event built whole.
     """
 
-    __slots__ = ("_extra", "_first", "_names", "_sites", "_start", "_stop", "_table",
-                 "_texts", "execution_id")
+    __slots__ = ("_extra", "_first", "_kinds", "_names", "_sites", "_start", "_stop",
+                 "_table", "_texts", "execution_id")
 
     def __init__(
         self,
@@ -440,8 +460,7 @@ class EventBatch(Sequence[TraceEvent]):
         first_seq: int,
         table: Sequence[tuple[str, int, int, int, int, str]],
         sites: list[int],
-        texts: list[str] | None,
-        names: list[str] | None,
+        rendered: tuple[list[str], list[type], dict[int, str]] | None,
         extra: list[TraceEvent],
         start: int = 0,
         stop: int | None = None,
@@ -450,8 +469,12 @@ class EventBatch(Sequence[TraceEvent]):
         self._first = first_seq
         self._table = table
         self._sites = sites
-        self._texts = texts
-        self._names = names
+        if rendered is None:
+            self._texts: list[str] | None = None
+            self._kinds: list[type] = []
+            self._names: dict[int, str] = {}
+        else:
+            self._texts, self._kinds, self._names = rendered
         self._extra = extra
         self._start = start
         self._stop = len(sites) if stop is None else stop
@@ -474,11 +497,12 @@ class EventBatch(Sequence[TraceEvent]):
             return self._extra[-1 - k]
         kind, line, col, end_line, end_col, text = self._table[k]
         seq = self._first + index
-        if kind == "stmt" or self._texts is None or self._names is None:
+        if kind == "stmt" or self._texts is None:
             return TraceEvent(self.execution_id, seq, kind, line, col, end_line, end_col,
                               text, "", "")
+        name = self._names.get(index) or _type_names[self._kinds[index]]
         return TraceEvent(self.execution_id, seq, kind, line, col, end_line, end_col, text,
-                          self._texts[index], self._names[index])
+                          self._texts[index], name)
 
     @overload
     def __getitem__(self, index: int) -> TraceEvent: ...
@@ -502,8 +526,10 @@ class EventBatch(Sequence[TraceEvent]):
         return map(self._event, range(self._start, self._stop))
 
     def _narrow(self, start: int, stop: int) -> EventBatch:
-        return EventBatch(self.execution_id, self._first, self._table, self._sites,
-                          self._texts, self._names, self._extra, start, stop)
+        batch = EventBatch(self.execution_id, self._first, self._table, self._sites, None,
+                           self._extra, start, stop)
+        batch._texts, batch._kinds, batch._names = self._texts, self._kinds, self._names
+        return batch
 
     def after(self, seq: int) -> EventBatch:
         """The events of this batch whose seq is greater than `seq`."""
@@ -674,12 +700,9 @@ class Tracer:
         first = self._seq + 1
         self._seq += len(sites)
         self._steps += len(sites) - len(extra)
-        texts: list[str] | None = None
-        names: list[str] | None = None
-        if self._has_values:
-            texts, names = self.renderer.render_batch(values)
+        rendered = self.renderer.render_batch(values) if self._has_values else None
         self.sink.deliver(
-            EventBatch(self.execution_id, first, self._table, sites, texts, names, extra)
+            EventBatch(self.execution_id, first, self._table, sites, rendered, extra)
         )
         self._update_capacity()
 

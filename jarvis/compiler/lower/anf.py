@@ -73,6 +73,10 @@ class _Loop:
 class _State:
     finallys: list[_Finally] = field(default_factory=list)
     loops: list[_Loop] = field(default_factory=list)
+    # The lowered handlers and finally bodies around the current statement, innermost
+    # last: ("handler", the variable holding the caught exception) or ("finally", the
+    # variable holding the completion record). A bare `raise` re-raises from them.
+    handling: list[tuple[str, str]] = field(default_factory=list)
 
 
 def _stable(expr: ast.expr) -> bool:
@@ -140,6 +144,9 @@ class FunctionLowering:
         for statement in statements:
             if self.needs_lowering(statement):
                 self.statement(statement)
+            elif self.state.handling:
+                self.builder.emit(*_BareRaises(self.reraise).visit_block(
+                    _native_returns(statement)))
             else:
                 self.builder.emit(_native_returns(statement))
 
@@ -196,8 +203,36 @@ class FunctionLowering:
         self.builder.jump(innermost.start)
 
     def stmt_Raise(self, node: ast.Raise) -> None:
+        if node.exc is None:
+            *checks, final = [ast.copy_location(s, node) for s in self.reraise()]
+            self.builder.emit(*checks)
+            self.builder.terminate(final)
+            return
         exc, cause = self.sequence([node.exc, node.cause])
         self.builder.terminate(ast.copy_location(ast.Raise(exc=exc, cause=cause), node))
+
+    def reraise(self) -> list[ast.stmt]:
+        """A bare `raise`: the lowered handler or finally it stands in is not a Python
+        `except` block, so name the exception being handled explicitly."""
+        out: list[ast.stmt] = []
+        for kind, variable in reversed(self.state.handling):
+            if kind == "handler":
+                out.append(ast.Raise(exc=name(variable), cause=None))
+                return out
+            # A finally re-raises the exception it runs for, if it runs for one.
+            record = name(variable)
+            out.append(ast.If(
+                test=ast.BoolOp(op=ast.And(), values=[
+                    ast.Compare(left=record, ops=[ast.IsNot()], comparators=[const(None)]),
+                    ast.Compare(left=ast.Subscript(value=record, slice=const(0), ctx=ast.Load()),
+                                ops=[ast.Eq()], comparators=[const(RAISING)]),
+                ]),
+                body=[ast.Raise(exc=ast.Subscript(value=record, slice=const(1), ctx=ast.Load()),
+                                cause=None)],
+                orelse=[],
+            ))
+        out.append(ast.Raise(exc=None, cause=None))
+        return out
 
     def stmt_Assert(self, node: ast.Assert) -> None:
         test = self.expr(node.test)
@@ -350,7 +385,9 @@ class FunctionLowering:
                 b.start(handler_start)
                 if handler.name is not None:
                     b.emit(assign(handler.name, name(caught)))
+                self.state.handling.append(("handler", caught))
                 self.body(handler.body)
+                self.state.handling.pop()
                 if handler.name is not None and b.current is not None:
                     # Python unbinds the name when the handler ends.
                     b.emit(ast.Delete(targets=[ast.Name(id=handler.name, ctx=ast.Del())]))
@@ -386,7 +423,9 @@ class FunctionLowering:
         # The body may run a nested try that overwrites nothing of ours, but a nested
         # finally of the same function has its own record; keep ours in a fresh name.
         b.emit(assign(held, name(completion)))
+        self.state.handling.append(("finally", held))
         self.body(statements)
+        self.state.handling.pop()
         if b.current is None:
             return
         record = name(held)
@@ -477,6 +516,12 @@ class FunctionLowering:
                                                 ctx=ast.Load()), force=True)
                 out.append(ast.Starred(value=value, ctx=ast.Load()))
                 continue
+            if _is_merge(node):
+                # A `**mapping` operand: Python merges it where it stands, so when a later
+                # part suspends, keep a copy made now.
+                merged = _merge(self.expr(node.values[0]))
+                out.append(self.spill(merged, force=True) if index < last else merged)
+                continue
             lowered = self.expr(node)
             if index < last:
                 lowered = self.spill(lowered)
@@ -496,25 +541,18 @@ class FunctionLowering:
                                                                       list[ast.expr],
                                                                       list[ast.keyword]]:
         """Lower `head` (callee parts), then positional and keyword arguments in order."""
-        keyword_values: list[ast.expr | None] = []
-        for keyword in node.keywords:
-            value = keyword.value
-            if keyword.arg is None and self.has_later(node, keyword):
-                value = ast.Dict(keys=[None], values=[value])
-            keyword_values.append(value)
+        keyword_values: list[ast.expr | None] = [
+            _merge(k.value) if k.arg is None else k.value for k in node.keywords
+        ]
         lowered = self.sequence([*head, *node.args, *keyword_values])
         head_out = [e for e in lowered[: len(head)] if e is not None]
         args_out = [e for e in lowered[len(head): len(head) + len(node.args)] if e is not None]
         keywords_out = [
-            ast.keyword(arg=k.arg, value=v)
+            ast.keyword(arg=k.arg, value=_merged(v) if k.arg is None else v)
             for k, v in zip(node.keywords, lowered[len(head) + len(node.args):], strict=True)
             if v is not None
         ]
         return head_out, args_out, keywords_out
-
-    def has_later(self, node: ast.Call, keyword: ast.keyword) -> bool:
-        later = node.keywords[node.keywords.index(keyword) + 1:]
-        return any(self.has(k.value) for k in later)
 
     def expr_Call(self, node: ast.Call) -> ast.expr:
         if id(node) in self.context.sites:
@@ -647,8 +685,7 @@ class FunctionLowering:
         flat: list[ast.expr | None] = []
         for key, value in zip(node.keys, node.values, strict=True):
             if key is None:
-                # `**mapping`: copy it where Python would merge it.
-                flat.append(ast.Dict(keys=[None], values=[value]))
+                flat.append(_merge(value))
             else:
                 flat.extend([key, value])
         lowered = self.sequence(flat)
@@ -660,7 +697,7 @@ class FunctionLowering:
                 merged = lowered[index]
                 assert merged is not None
                 keys.append(None)
-                values.append(merged)
+                values.append(_merged(merged))
                 index += 1
             else:
                 lowered_key, lowered_value = lowered[index], lowered[index + 1]
@@ -671,9 +708,17 @@ class FunctionLowering:
         return ast.Dict(keys=keys, values=values)
 
     def expr_JoinedStr(self, node: ast.JoinedStr) -> ast.expr:
-        parts = list(node.values)
-        lowered = self.sequence([p for p in parts])
-        return ast.JoinedStr(values=[p for p in lowered if p is not None])
+        # Python formats each replacement field as soon as it is evaluated; when a later
+        # field suspends, an earlier one is kept as the text it formatted to.
+        last = max((i for i, part in enumerate(node.values) if self.has(part)), default=-1)
+        parts: list[ast.expr] = []
+        for index, part in enumerate(node.values):
+            lowered = self.expr(part)
+            if index < last and isinstance(part, ast.FormattedValue):
+                text = self.spill(ast.JoinedStr(values=[lowered]), force=True)
+                lowered = ast.FormattedValue(value=text, conversion=-1, format_spec=None)
+            parts.append(lowered)
+        return ast.JoinedStr(values=parts)
 
     def expr_FormattedValue(self, node: ast.FormattedValue) -> ast.expr:
         value, spec = self.sequence([node.value, node.format_spec])
@@ -689,6 +734,20 @@ class FunctionLowering:
             kwarg=node.args.kwarg, defaults=[d for d in defaults[:count] if d is not None],
         )
         return ast.Lambda(args=arguments, body=node.body)
+
+
+def _merge(value: ast.expr) -> ast.Dict:
+    """`{**value}`: how `sequence` is told that an operand is a `**` merge."""
+    return ast.Dict(keys=[None], values=[value])
+
+
+def _is_merge(node: ast.expr) -> bool:
+    return isinstance(node, ast.Dict) and node.keys == [None]
+
+
+def _merged(lowered: ast.expr) -> ast.expr:
+    """The mapping to merge: the operand itself, or the temporary holding its copy."""
+    return lowered.values[0] if isinstance(lowered, ast.Dict) and _is_merge(lowered) else lowered
 
 
 def _escapes(node: ast.AST, in_loop: bool) -> bool:
@@ -711,6 +770,38 @@ def _escapes_statement(statement: ast.stmt) -> bool:
 
 def _returns(node: ast.AST) -> bool:
     return any(isinstance(child, ast.Return) for child in ast.walk(node))
+
+
+class _BareRaises(ast.NodeTransformer):
+    """Bare `raise` statements of native code in a lowered handler or finally body."""
+
+    def __init__(self, reraise: Callable[[], list[ast.stmt]]) -> None:
+        self.reraise = reraise
+
+    def visit_block(self, statement: ast.stmt) -> list[ast.stmt]:
+        result = self.visit(statement)
+        return result if isinstance(result, list) else [result]
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.AST:
+        return node
+
+    def visit_Lambda(self, node: ast.Lambda) -> ast.AST:
+        return node
+
+    def visit_Try(self, node: ast.Try) -> ast.AST:
+        # A native handler (or a native finally running for an exception) re-raises
+        # natively; its body and else still re-raise the lowered handler's exception.
+        node.body = self._statements(node.body)
+        node.orelse = self._statements(node.orelse)
+        return node
+
+    def _statements(self, statements: list[ast.stmt]) -> list[ast.stmt]:
+        return [out for statement in statements for out in self.visit_block(statement)]
+
+    def visit_Raise(self, node: ast.Raise) -> ast.AST | list[ast.stmt]:
+        if node.exc is not None:
+            return node
+        return [ast.copy_location(statement, node) for statement in self.reraise()]
 
 
 class _NativeReturns(ast.NodeTransformer):
