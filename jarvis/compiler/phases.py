@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from jarvis import __version__
+from jarvis.compiler.bounds import bound_operations
 from jarvis.compiler.compiled import CompiledProgram
 from jarvis.compiler.diagnostics import CompileError, Diagnostic
 from jarvis.compiler.language import LANGUAGE_VERSION
@@ -148,8 +149,7 @@ class Compilation:
         if cached is not None:
             return cached
         instrumented, trace_sites = instrument(self.tree, source, trace)
-        lowered = lower_program(instrumented) if trace != "off" else self.lowered
-        assert lowered is not None
+        lowered = lower_program(bound_operations(instrumented))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             code = compile(lowered.module, source.path, "exec", dont_inherit=True)

@@ -151,6 +151,7 @@ class Execution:
                 max_recursion_depth=limits.max_recursion_depth,
                 max_book_calls=limits.max_book_calls,
                 max_output_bytes=limits.max_output_bytes,
+                max_seconds=limits.max_seconds,
             ),
             clock=self.clock,
             wait=self.wait,

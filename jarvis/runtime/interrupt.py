@@ -29,3 +29,43 @@ def interrupt_main(exception: type[BaseException]) -> bool:
     """Raise `exception` in the main thread (where `jarvis run` drives the program)."""
     ident = _MAIN.ident
     return ident is not None and interrupt_thread(ident, exception)
+
+
+def clear_pending(thread_id: int) -> None:
+    """Withdraw an exception sent to `thread_id` that it has not raised yet."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), None)
+
+
+class Deadline:
+    """Raise `exception` in the current thread once `seconds` have passed, unless the
+    guarded block ends first. Costs nothing while the program runs."""
+
+    def __init__(self, seconds: float | None, exception: type[BaseException]) -> None:
+        self.seconds = seconds
+        self.exception = exception
+        self.lock = threading.Lock()
+        self.active = False
+        self.fired = False
+        self.thread_id = threading.get_ident()
+        self.timer: threading.Timer | None = None
+
+    def _fire(self) -> None:
+        with self.lock:
+            if self.active:
+                self.fired = interrupt_thread(self.thread_id, self.exception)
+
+    def __enter__(self) -> Deadline:
+        if self.seconds is not None and self.seconds > 0:
+            self.active = True
+            self.timer = threading.Timer(self.seconds, self._fire)
+            self.timer.daemon = True
+            self.timer.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        with self.lock:
+            self.active = False
+            if self.timer is not None:
+                self.timer.cancel()
+            if self.fired:
+                clear_pending(self.thread_id)

@@ -30,12 +30,20 @@ from jarvis.runtime.effects_log import (
 )
 from jarvis.runtime.errors import BookError, LimitExceeded
 from jarvis.runtime.frames import Frame, ResumableFunction
+from jarvis.runtime.interrupt import Deadline
 from jarvis.runtime.locate import ErrorLocation, locate
 from jarvis.runtime.namespace import Namespace
 
 
 class Stopped(BaseException):
     """Raised inside a running program when its host asks it to stop (not catchable)."""
+
+
+class TimeLimitExceeded(LimitExceeded):
+    """The wall-clock limit of a run; raised inside the program by a timer."""
+
+    def __init__(self) -> None:
+        super().__init__("seconds", "the run took longer than its time limit")
 
 
 class SnapshotSink(Protocol):
@@ -72,6 +80,7 @@ class MachineLimits:
     max_book_calls: int = 1_000_000
     max_output_bytes: int = 1 << 20
     max_print_bytes: int = 1 << 20
+    max_seconds: float | None = None
 
 
 @dataclass
@@ -197,14 +206,17 @@ class Machine:
         if not self.stack:
             self.start_fresh()
         try:
-            self.drive()
+            with Deadline(self.limits.max_seconds, TimeLimitExceeded):
+                self.drive()
         except Stopped:
             self.tracer.flush()
             return Outcome("suspended", self.outputs, counters=self.counters())
         except LimitExceeded as exc:
-            self.tracer.event("limit", 0, 0, 0, 0, exc.limit, exc.detail)
+            where = locate(exc, self.program.path)
+            line, col = (where.line, where.col) if where else (0, 0)
+            self.tracer.event("limit", line, col, 0, 0, exc.limit, exc.detail)
             self.tracer.flush()
-            return Outcome("failed", self.outputs, exc, None, self.counters())
+            return Outcome("failed", self.outputs, exc, where, self.counters())
         except Exception as exc:
             where = locate(exc, self.program.path)
             line, col = (where.line, where.col) if where else (0, 0)

@@ -19,6 +19,7 @@ from typing import Any
 import cloudpickle
 
 from jarvis.compiler.compiled import CompiledProgram
+from jarvis.runtime import bounded
 from jarvis.runtime.builtins import BookProxy, Effects, make_builtins, set_inputs
 from jarvis.runtime.frames import (
     END,
@@ -56,6 +57,7 @@ class Namespace:
             _jv_next=next,
             _jv_Cell=Cell,
             _jv_mkfn=self.make_function,
+            **bounded.helpers(),
             **hooks,
         )
         self.builtins = table

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 
 from jarvis.compiler.lower.suspension import SuspensionInfo
 
-
 _COMPREHENSION_TYPES = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
 
 

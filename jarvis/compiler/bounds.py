@@ -1,0 +1,77 @@
+"""Bounded operations: the arithmetic that could hang a worker or exhaust its memory.
+
+`10**10**10` computes for hours, `'a' * 10**10` asks for ten gigabytes and
+`1 << 10**10` for a gigabyte; none of them is a statement a step counter could
+interrupt. This pass routes `**`, `<<` and `*` through runtime helpers
+(`jarvis/runtime/bounded.py`) that check the size of the result before computing it.
+
+A `*` with a small numeric literal operand (`n * 2`, `[0] * 16`) cannot grow a value
+by more than that literal and is left native: the common case stays fast. `*=` and
+`**=` and `<<=` on a plain name are rewritten to the in-place helpers, which keep
+Python's in-place semantics (`xs *= 2` still extends the same list).
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+
+SMALL_FACTOR = 10_000
+"""A literal factor up to this size is a bounded growth: `*` stays native."""
+
+_HELPERS = {ast.Pow: "_jv_pow", ast.LShift: "_jv_lshift", ast.Mult: "_jv_mul"}
+_INPLACE = {ast.Pow: "_jv_ipow", ast.LShift: "_jv_ilshift", ast.Mult: "_jv_imul"}
+
+
+def _small_literal(node: ast.expr) -> bool:
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        node = node.operand
+    return (
+        isinstance(node, ast.Constant)
+        and type(node.value) in (int, float)
+        and abs(node.value) <= SMALL_FACTOR
+    )
+
+
+class _Bounds(ast.NodeTransformer):
+    def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
+        self.generic_visit(node)
+        helper = _HELPERS.get(type(node.op))
+        if helper is None:
+            return node
+        if isinstance(node.op, ast.Mult) and (
+            _small_literal(node.left) or _small_literal(node.right)
+        ):
+            return node
+        if isinstance(node.op, ast.Pow) and _small_literal(node.left) and _small_literal(
+            node.right
+        ) and isinstance(node.right, ast.Constant) and abs(node.right.value) <= 64:
+            return node  # `2 ** 10`: a constant-sized result
+        call = ast.Call(func=ast.Name(id=helper, ctx=ast.Load()),
+                        args=[node.left, node.right], keywords=[])
+        return ast.copy_location(call, node)
+
+    def visit_AugAssign(self, node: ast.AugAssign) -> ast.AST:
+        self.generic_visit(node)
+        helper = _INPLACE.get(type(node.op))
+        if helper is None or not isinstance(node.target, ast.Name):
+            return node
+        if isinstance(node.op, ast.Mult) and _small_literal(node.value):
+            return node
+        load = ast.Name(id=node.target.id, ctx=ast.Load())
+        call = ast.Call(func=ast.Name(id=helper, ctx=ast.Load()), args=[load, node.value],
+                        keywords=[])
+        assign = ast.Assign(targets=[node.target], value=call)
+        return ast.copy_location(assign, node)
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.AST:
+        self.generic_visit(node)
+        return node
+
+
+def bound_operations(tree: ast.Module) -> ast.Module:
+    """A copy of `tree` with size-checked `**`, `<<` and `*`."""
+    module = _Bounds().visit(copy.deepcopy(tree))
+    assert isinstance(module, ast.Module)
+    ast.fix_missing_locations(module)
+    return module
