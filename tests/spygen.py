@@ -351,10 +351,11 @@ class _Writer:
         self.block(env, indent, at_least=1)
         self.emit(indent, f"return {self.int_expr(env, 2)}")
 
-    def closure(self, env: _Env, indent: int) -> None:
+    def closure(self, env: _Env, indent: int) -> bool:
         """A nested def that reads its function's variables; they change after it."""
         self.budget -= 1
         self.function(env, indent)
+        return False
 
     def recursive_function(self, env: _Env) -> None:
         self.budget -= 1
@@ -422,18 +423,19 @@ class _Writer:
         for index in range(count):
             if self.budget <= 0 and index >= at_least:
                 break
-            self.statement(env, indent)
+            if self.statement(env, indent):
+                break  # what would follow a jump is never run
 
     @contextmanager
     def nested(self, env: _Env, **changes: object) -> Iterator[_Env]:
         yield env.child(depth=env.depth + 1, **changes)
 
-    def statement(self, env: _Env, indent: int) -> None:
+    def statement(self, env: _Env, indent: int) -> bool:
+        """Write one statement; True if it always jumps away (return, raise, ...)."""
         self.budget -= 1
         if self.budget < 0 or env.depth >= self.shape.depth:
-            self.simple_statement(env, indent)
-            return
-        options: list[tuple[int, Callable[[], None]]] = [
+            return self.simple_statement(env, indent)
+        options: list[tuple[int, Callable[[], bool]]] = [
             (30, lambda: self.simple_statement(env, indent)),
             (8, lambda: self.if_statement(env, indent)),
             (8, lambda: self.for_statement(env, indent)),
@@ -446,11 +448,11 @@ class _Writer:
         point = self.draw(st.integers(0, total - 1))
         for weight, option in options:
             if point < weight:
-                option()
-                return
+                return option()
             point -= weight
+        raise AssertionError("unreachable")
 
-    def simple_statement(self, env: _Env, indent: int) -> None:
+    def simple_statement(self, env: _Env, indent: int) -> bool:
         ints, lists, dicts = env.of(INT, True), env.of(LIST, True), env.of(DICT, True)
         mutable_dicts = [d for d in dicts if d not in env.frozen]
         options: list[tuple[int, Callable[[], str]]] = [
@@ -473,7 +475,9 @@ class _Writer:
             (2 if self.shape.errors else 0, lambda: f"assert {self.condition(env, 2)}, "
                                                    f"{self.int_expr(env, 1)}"),
         ]
-        self.emit(indent, self.choose(options))
+        text = self.choose(options)
+        self.emit(indent, text)
+        return text.split(" ", 1)[0] in ("return", "break", "continue", "raise")
 
     def pick_function(self, env: _Env) -> _Function:
         return env.functions[self.below(len(env.functions))]
@@ -511,7 +515,7 @@ class _Writer:
             (1, lambda: f"{target}.setdefault({self.key_expr(env, 0)}, {self.int_expr(env, 1)})"),
         ])
 
-    def if_statement(self, env: _Env, indent: int) -> None:
+    def if_statement(self, env: _Env, indent: int) -> bool:
         self.emit(indent, f"if {self.condition(env, 3)}:")
         with self.nested(env) as inner:
             self.block(inner, indent + 1)
@@ -523,8 +527,9 @@ class _Writer:
             self.emit(indent, "else:")
             with self.nested(env) as inner:
                 self.block(inner, indent + 1)
+        return False
 
-    def for_statement(self, env: _Env, indent: int) -> None:
+    def for_statement(self, env: _Env, indent: int) -> bool:
         frozen = env.frozen
         variables: list[_Var] = []
         kind = self.below(4)
@@ -558,13 +563,14 @@ class _Writer:
             self.emit(indent, "else:")
             with self.nested(env) as inner:
                 self.block(inner, indent + 1)
+        return False
 
     def loop_bound(self, env: _Env) -> str:
         if self.chance(70):
             return str(self.below(4))
         return f"{self.int_expr(env, 1)} % 3"
 
-    def while_statement(self, env: _Env, indent: int) -> None:
+    def while_statement(self, env: _Env, indent: int) -> bool:
         counter = self.fresh("w")
         self.emit(indent, f"{counter} = 0")
         env.variables.append(_Var(counter, INT, False))
@@ -582,8 +588,9 @@ class _Writer:
             self.emit(indent, "else:")
             with self.nested(env) as inner:
                 self.block(inner, indent + 1)
+        return False
 
-    def try_statement(self, env: _Env, indent: int) -> None:
+    def try_statement(self, env: _Env, indent: int) -> bool:
         self.emit(indent, "try:")
         with self.nested(env) as inner:
             self.block(inner, indent + 1)
@@ -616,8 +623,9 @@ class _Writer:
             self.emit(indent, "finally:")
             with self.nested(env) as inner:
                 self.block(inner, indent + 1)
+        return False
 
-    def lambda_statement(self, env: _Env, indent: int) -> None:
+    def lambda_statement(self, env: _Env, indent: int) -> bool:
         name = self.fresh("g")
         params = tuple(self.fresh("q") for _ in range(1 + self.below(2)))
         defaults = self.below(2) if len(params) > 1 else 0
@@ -631,6 +639,7 @@ class _Writer:
         env.functions.append(_Function(name, params, defaults))
 
     # -- expressions ----------------------------------------------------------------
+        return False
 
     def int_atom(self, env: _Env) -> str:
         ints = env.of(INT)

@@ -106,7 +106,7 @@ def book_calls(registry: BookRegistry) -> list[int]:
 
 
 def test_a_stopped_execution_resumes_where_it_stopped(tmp_path: Path, books: Path) -> None:
-    first, execution, registry, sink = execute(tmp_path, books, stop_after=2_000)
+    first, _, registry, sink = execute(tmp_path, books, stop_after=2_000)
     assert first.status == "suspended"
     made_before = book_calls(registry)
     assert 0 < len(made_before) < 30

@@ -105,13 +105,6 @@ def test_programs_from_the_grammar(source: str) -> None:
 
 
 @generation_warnings
-@GENERATED
-@given(hypothesmith.from_grammar().map(lambda source: source.encode("utf-8")))
-def test_programs_from_the_grammar_as_bytes(data: bytes) -> None:
-    compile_checked(data)
-
-
-@generation_warnings
 @GENERATED_FROM_NODES
 @given(hypothesmith.from_node())
 def test_programs_from_syntax_trees(source: str) -> None:

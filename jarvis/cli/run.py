@@ -154,10 +154,10 @@ def main(argv: Sequence[str] | None = None, prog: str = "jarvis run") -> int:
     sink: Sink = FanOutSink(sinks) if sinks else NullSink()
     stop = _StopSignal()
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    execution = Execution(program, execution_id=execution_id, inputs=inputs,
-                          books=registry, settings=settings, sink=sink,
-                          stop_requested=stop.requested.is_set)
     try:
+        execution = Execution(program, execution_id=execution_id, inputs=inputs,
+                              books=registry, settings=settings, sink=sink,
+                              stop_requested=stop.requested.is_set)
         finished = execution.finished()
         if finished is not None:
             print(json.dumps(finished.get("outputs", {}), indent=2, ensure_ascii=False))

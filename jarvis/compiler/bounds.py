@@ -26,11 +26,12 @@ _INPLACE = {ast.Pow: "_jv_ipow", ast.LShift: "_jv_ilshift", ast.Mult: "_jv_imul"
 def _small_literal(node: ast.expr) -> bool:
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
         node = node.operand
-    return (
-        isinstance(node, ast.Constant)
-        and type(node.value) in (int, float)
-        and abs(node.value) <= SMALL_FACTOR
-    )
+    if not isinstance(node, ast.Constant):
+        return False
+    value = node.value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return abs(value) <= SMALL_FACTOR
 
 
 class _Bounds(ast.NodeTransformer):
@@ -43,9 +44,9 @@ class _Bounds(ast.NodeTransformer):
             _small_literal(node.left) or _small_literal(node.right)
         ):
             return node
-        if isinstance(node.op, ast.Pow) and _small_literal(node.left) and _small_literal(
-            node.right
-        ) and isinstance(node.right, ast.Constant) and abs(node.right.value) <= 64:
+        if (isinstance(node.op, ast.Pow) and _small_literal(node.left)
+                and isinstance(node.right, ast.Constant) and type(node.right.value) is int
+                and 0 <= node.right.value <= 64):
             return node  # `2 ** 10`: a constant-sized result
         call = ast.Call(func=ast.Name(id=helper, ctx=ast.Load()),
                         args=[node.left, node.right], keywords=[])

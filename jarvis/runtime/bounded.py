@@ -72,7 +72,7 @@ def mul(a: Any, b: Any) -> Any:
 
 def imul(a: Any, b: Any) -> Any:
     check_mul(a, b)
-    return operator.imul(a, b)
+    return operator.imul(a, b)  # type: ignore[no-untyped-call]
 
 
 def power(base: Any, exponent: Any, modulus: Any = None) -> Any:
@@ -84,7 +84,7 @@ def power(base: Any, exponent: Any, modulus: Any = None) -> Any:
 
 def ipow(base: Any, exponent: Any) -> Any:
     check_pow(base, exponent)
-    return operator.ipow(base, exponent)
+    return operator.ipow(base, exponent)  # type: ignore[no-untyped-call]
 
 
 def lshift(value: Any, count: Any) -> Any:
@@ -94,7 +94,7 @@ def lshift(value: Any, count: Any) -> Any:
 
 def ilshift(value: Any, count: Any) -> Any:
     check_lshift(value, count)
-    return operator.ilshift(value, count)
+    return operator.ilshift(value, count)  # type: ignore[no-untyped-call]
 
 
 def helpers() -> dict[str, Any]:
