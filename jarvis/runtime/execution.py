@@ -18,11 +18,12 @@ from typing import Any
 from jarvis.compiler.compiled import CompiledProgram
 from jarvis.compiler.phases import COMPILER_VERSION
 from jarvis.runtime.books import BookRegistry
-from jarvis.runtime.journal import Journal
+from jarvis.runtime.journal import Journal, JournalCorrupt
 from jarvis.runtime.machine import Machine, MachineLimits, Outcome, SnapshotPolicy
 from jarvis.runtime.sinks import Sink
 from jarvis.runtime.snapshots import (
     FORMAT_VERSION,
+    LoadedSnapshot,
     SnapshotHeader,
     SnapshotRejected,
     SnapshotStore,
@@ -50,12 +51,16 @@ class ResumeReport:
 class _Snapshots:
     """The Machine's snapshot sink: a SnapshotStore with this execution's header."""
 
-    def __init__(self, store: SnapshotStore, program: CompiledProgram, execution_id: str) -> None:
+    def __init__(self, store: SnapshotStore, program: CompiledProgram, execution_id: str,
+                 journal: Journal) -> None:
         self.store = store
         self.program = program
         self.execution_id = execution_id
+        self.journal = journal
 
     def save(self, payload: bytes, effect_count: int, counters: dict[str, int]) -> None:
+        # Where the journal's tail starts: a resume from this snapshot reads from there.
+        counters = {**counters, "journal_offset": self.journal.end_offset}
         header = SnapshotHeader(
             format_version=FORMAT_VERSION,
             program_hash=self.program.digest,
@@ -97,6 +102,7 @@ class Execution:
         self.guard = guard
         self.directory = ExecutionDir(settings.state_dir, execution_id)
         self.report = ResumeReport()
+        self.machine: Machine | None = None
 
     def finished(self) -> dict[str, Any] | None:
         """The recorded status of an execution that already completed or failed."""
@@ -118,9 +124,6 @@ class Execution:
                 "trace level, or compiler version); start a new execution id to run this one"
             )
         inputs = started.get("inputs", self.inputs) if started else self.inputs
-        journal = Journal.open(directory.journal, keys, self.execution_id,
-                               fsync=self.settings.journal_fsync, guard=self.guard)
-        self.report.dropped_journal_bytes = journal.dropped_tail_bytes
         store = SnapshotStore(directory.snapshots, keys, keep=self.settings.snapshot_keep,
                               guard=self.guard,
                               max_bytes=self.settings.limits.max_snapshot_bytes)
@@ -132,6 +135,15 @@ class Execution:
             # slower but sound, since every effect of the run is in it.
             self.report.skipped = [str(s) for s in exc.skipped]
             loaded = None
+        journal = self._open_journal(loaded)
+        if journal is None:
+            self.report.skipped.append(
+                f"snapshot {loaded.sequence if loaded else '?'}: the journal does not reach "
+                "the point it covers; replaying the journal from its start")
+            loaded = None
+            journal = self._open_journal(None)
+            assert journal is not None
+        self.report.dropped_journal_bytes = journal.dropped_tail_bytes
         limits = self.settings.limits
         last_delivered = directory.read_trace_seq() or 0
         sink = _DeliveryRecorder(self.sink, directory, last_delivered)
@@ -144,7 +156,7 @@ class Execution:
             books=self.books,
             effects=journal,
             tracer=tracer,
-            snapshots=_Snapshots(store, self.program, self.execution_id),
+            snapshots=_Snapshots(store, self.program, self.execution_id, journal),
             policy=SnapshotPolicy(self.settings.snapshot_every_effects,
                                   self.settings.snapshot_every_seconds),
             limits=MachineLimits(
@@ -157,6 +169,7 @@ class Execution:
             wait=self.wait,
             stop_requested=self.stop_requested,
         )
+        self.machine = machine
         if loaded is not None:
             machine.restore(loaded.payload)
             self.report.resumed = True
@@ -184,6 +197,23 @@ class Execution:
             record["error"] = error_record(outcome)
         directory.write_status(json.loads(json.dumps(record, default=str)))
         return outcome
+
+
+    def _open_journal(self, loaded: LoadedSnapshot | None) -> Journal | None:
+        """The journal, read from where `loaded` left off (None if it cannot be)."""
+        start = None
+        if loaded is not None:
+            offset = loaded.header.counters.get("journal_offset")
+            if isinstance(offset, int):
+                start = (loaded.header.journal_index, offset)
+        try:
+            return Journal.open(self.directory.journal, self.settings.hmac_key_bytes,
+                                self.execution_id, fsync=self.settings.journal_fsync,
+                                guard=self.guard, start=start)
+        except JournalCorrupt:
+            if start is None:
+                raise
+            return None
 
 
 def error_record(outcome: Outcome) -> dict[str, Any]:

@@ -145,6 +145,7 @@ class Journal:
         offsets: array[int],
         end: int,
         dropped_tail_bytes: int,
+        base: int = 0,
     ) -> None:
         self.path = path
         self.execution_id = execution_id
@@ -156,6 +157,9 @@ class Journal:
         self._fsync = fsync
         self._guard = guard
         self._offsets = offsets
+        # Records before `base` were not read on open (a resume from a snapshot that
+        # covers them never needs them); `_offsets[i]` is record `base + i`.
+        self._base = base
         self._end = end
         self._closed = False
         self._broken: str | None = None
@@ -171,12 +175,18 @@ class Journal:
         fsync: bool = True,
         *,
         guard: Callable[[], None] | None = None,
+        start: tuple[int, int] | None = None,
     ) -> Journal:
-        """Open the journal at `path`, creating it when missing, and check every record.
+        """Open the journal at `path`, creating it when missing, and check its records.
 
         `keys` verify records, and `keys[0]` signs new ones. Raises `JournalFormatError`
         for a file that is not a journal of `execution_id` in this format, and
         `JournalCorrupt` for damage that is not a torn end.
+
+        `start` = (record index, byte offset) skips the records before that point: a
+        resume from a snapshot that covers them reads, and checks, only the tail, so
+        opening costs what the tail costs, not what the whole run wrote. A `start` that
+        is not a record boundary of this file raises `JournalCorrupt`.
         """
         path = Path(path)
         checked_keys = check_hmac_keys(keys)
@@ -187,7 +197,7 @@ class Journal:
         fd = os.open(path, os.O_RDWR | os.O_APPEND)
         try:
             offsets, end, dropped = cls._recover(
-                path, fd, header, checked_keys, execution_id, fsync, guard
+                path, fd, header, checked_keys, execution_id, fsync, guard, start
             )
         except BaseException:
             os.close(fd)
@@ -202,6 +212,7 @@ class Journal:
             offsets=offsets,
             end=end,
             dropped_tail_bytes=dropped,
+            base=start[0] if start is not None else 0,
         )
 
     @staticmethod
@@ -233,9 +244,13 @@ class Journal:
         execution_id: str,
         fsync: bool,
         guard: Callable[[], None] | None,
+        start: tuple[int, int] | None = None,
     ) -> tuple[array[int], int, int]:
         """Check the file; cut a torn end off. Returns (record offsets, end, bytes dropped)."""
         size = os.fstat(fd).st_size
+        if start is not None and not len(header) <= start[1] <= size:
+            raise JournalCorrupt(path, start[1], start[0],
+                                 "the journal is shorter than the snapshot says")
         if size < len(header):
             existing = os.pread(fd, size, 0)
             if existing != header[:size]:
@@ -251,7 +266,9 @@ class Journal:
         with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mapped:
             longest_header = _HEADER_FIXED.size + 0xFFFF + _CRC.size
             cls._check_header(path, mapped[:longest_header], execution_id)
-            offsets, end = _scan(path, mapped, len(header), keys, execution_id.encode("ascii"))
+            first_index, first_offset = start if start is not None else (0, len(header))
+            offsets, end = _scan(path, mapped, first_offset, keys,
+                                 execution_id.encode("ascii"), first_index)
         if end < size:
             cls._cut(fd, end, guard, fsync)
         return offsets, end, size - end
@@ -291,10 +308,15 @@ class Journal:
     @property
     def count(self) -> int:
         """How many records the journal holds."""
-        return len(self._offsets)
+        return self._base + len(self._offsets)
+
+    @property
+    def end_offset(self) -> int:
+        """The byte offset just past the last record: where the next one will start."""
+        return self._end
 
     def __len__(self) -> int:
-        return len(self._offsets)
+        return self.count
 
     def append(self, payload: bytes) -> int:
         """Add a record and return its index, once it is written (and fsynced when enabled).
@@ -309,7 +331,7 @@ class Journal:
             )
         if self._guard is not None:
             self._guard()
-        index = len(self._offsets)
+        index = self.count
         record = encode_record(self._keys[0], self.execution_id, index, bytes(payload))
         try:
             write_all(self._fd, record)
@@ -336,11 +358,13 @@ class Journal:
 
     def record(self, index: int) -> bytes:
         """The payload of record `index`, verified again as it is read."""
-        if not 0 <= index < len(self._offsets):
-            raise IndexError(f"record {index} out of range (the journal holds {self.count})")
+        if not self._base <= index < self.count:
+            raise IndexError(f"record {index} out of range (the journal holds {self.count}"
+                             f", opened from record {self._base})")
         self._check_open()
-        offset = self._offsets[index]
-        end = self._offsets[index + 1] if index + 1 < len(self._offsets) else self._end
+        local = index - self._base
+        offset = self._offsets[local]
+        end = self._offsets[local + 1] if local + 1 < len(self._offsets) else self._end
         data = os.pread(self._fd, end - offset, offset)
         # A file changed behind our back is caught here rather than fed to the program.
         record_end, problem = _framing_problem(data, 0)
@@ -359,7 +383,7 @@ class Journal:
         if start < 0:
             raise ValueError(f"start must not be negative, got {start}")
         self._check_open()
-        return (self.record(index) for index in range(start, len(self._offsets)))
+        return (self.record(index) for index in range(max(start, self._base), self.count))
 
     def _check_open(self) -> None:
         if self._closed:
@@ -392,7 +416,8 @@ _HMAC_FAILURE = "fails HMAC verification with every configured key (wrong key or
 
 
 def _scan(
-    path: Path, buf: _Buffer, start: int, keys: Sequence[bytes], execution_id: bytes
+    path: Path, buf: _Buffer, start: int, keys: Sequence[bytes], execution_id: bytes,
+    first_index: int = 0,
 ) -> tuple[array[int], int]:
     """Walk the records from `start`: (their offsets, where the intact part ends).
 
@@ -403,7 +428,7 @@ def _scan(
     offset = start
     while offset < len(buf):
         end, problem = _framing_problem(buf, offset)
-        index = len(offsets)
+        index = first_index + len(offsets)
         if problem is not None:
             follower = _next_intact(buf, offset + 1)
             if follower is None:

@@ -12,6 +12,7 @@ and when a stop is requested.
 from __future__ import annotations
 
 import json
+import pickle
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -144,6 +145,7 @@ class Machine:
         self.snapshot_effects = 0
         self.snapshot_time = clock()
         self.snapshots_taken = 0
+        self.snapshots_skipped = 0
 
     # -- state --------------------------------------------------------------------
 
@@ -187,6 +189,7 @@ class Machine:
             "output_bytes": self.output_bytes,
             "print_bytes": self.print_bytes,
             "snapshots": self.snapshots_taken,
+            "snapshots_skipped": self.snapshots_skipped,
             "trace_seq": self.tracer.seq,
         }
 
@@ -194,10 +197,20 @@ class Machine:
         if self.snapshots is None:
             return
         self.tracer.flush()
-        self.snapshots.save(self.state_bytes(), self.effect_count, self.counters())
-        self.snapshots_taken += 1
         self.snapshot_effects = self.effect_count
         self.snapshot_time = self.clock()
+        try:
+            payload = self.state_bytes()
+        except (TypeError, AttributeError, pickle.PicklingError) as exc:
+            # Something live cannot be pickled (a generator kept across a Book call).
+            # The journal still holds every effect, so the execution stays durable:
+            # a resume replays from the previous snapshot instead of this one.
+            self.snapshots_skipped += 1
+            self.tracer.event("checkpoint", 0, 0, 0, 0, "snapshot skipped",
+                              text=f"the live state cannot be saved: {exc}")
+            return
+        self.snapshots.save(payload, self.effect_count, self.counters())
+        self.snapshots_taken += 1
 
     # -- driving ------------------------------------------------------------------
 

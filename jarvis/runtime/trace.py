@@ -11,14 +11,14 @@ The hooks are the hottest code of a traced run, so the work is split by what can
 
 - A hook appends the site index and the value to a flat list and returns. Values
   that cannot change (ints, floats, bools, None, strings, ranges, functions, classes)
-  are kept as they are, and rendered later, a whole batch at a time, mostly by
-  C-level `map` calls.
+  are kept as they are and rendered later, a whole batch at a time, by C-level `map`
+  calls: no per-event Python code and no per-event objects on the common path.
 - Any other value (a list, dict, set, tuple, exception, ...) may be changed by the
   program after the event, so it is rendered at once, with bounded work
-  (`Renderer`); the hook stores the rendered text.
+  (`Renderer.capture`); the hook stores the rendered text.
 - When the list holds `batch_size` events, or the engine asks (`flush`), the pending
   events are rendered and delivered as one `EventBatch`: a sequence of `TraceEvent`s
-  that creates each event object only when a sink reads it.
+  that builds each event object only when a sink reads it.
 
 `steps` counts hook calls (statements and expressions); `max_steps` makes the hook
 that takes the count past the limit raise `LimitExceeded("steps", ...)`.
@@ -29,8 +29,8 @@ from __future__ import annotations
 import math
 import types
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from itertools import compress, islice
-from sys import getsizeof
+from itertools import compress, islice, repeat
+from operator import is_
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol, overload
 
 from jarvis.runtime.errors import LimitExceeded
@@ -54,7 +54,7 @@ DEFAULT_BATCH_SIZE: Final = 4096
 class TraceEvent(NamedTuple):
     """One thing a program did, as a trace records it.
 
-    `value` is the rendered value (bounded; see `render`) and `type` its type name;
+    `value` is the rendered value (bounded; see `Renderer`) and `type` its type name;
     both are "" for events without a value. `duration_ms` is set on `book_end` events
     (the call's wall-clock time) and None elsewhere.
     """
@@ -90,19 +90,18 @@ class TraceEvent(NamedTuple):
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TraceEvent:
+        duration = data.get("duration_ms")
         return cls(
             str(data["execution_id"]), int(data["seq"]), str(data["kind"]),
             int(data["line"]), int(data["col"]), int(data["end_line"]), int(data["end_col"]),
             str(data["expr"]), str(data["value"]), str(data["type"]),
-            None if data.get("duration_ms") is None else float(data["duration_ms"]),
+            None if duration is None else float(duration),
         )
 
 
 # -- rendering ------------------------------------------------------------------------
 
 _NoneType = type(None)
-_BIG_INT: Final = 10**18
-"""Ints between -_BIG_INT and _BIG_INT render with plain repr, no size checks."""
 _MAX_INT_BITS: Final = 13_000
 """Ints wider than this (about 3900 digits) are not converted to decimal at all:
 CPython refuses beyond 4300 digits, and the conversion is quadratic."""
@@ -111,7 +110,8 @@ _SET_SORT_LIMIT: Final = 64
 _MIN_ROOM: Final = 6
 
 _FLAT: Final = frozenset({int, float, bool, _NoneType, str})
-"""Scalar types whose repr C produces directly, once their size is known to be small."""
+"""Scalars whose repr C writes directly (strings after a length check; ints are
+bounded by CPython's own limit on decimal conversion)."""
 DEFERRED_TYPES: Final = frozenset({
     int, float, bool, _NoneType, str, range, type,
     types.FunctionType, types.BuiltinFunctionType,
@@ -121,14 +121,13 @@ DEFERRED_TYPES: Final = frozenset({
 _pair = "{}: {}".format
 
 
-def _flat_size(max_chars: int) -> int:
-    """The largest `sys.getsizeof` of an int or str whose repr surely fits `max_chars`.
+class _TypeNames(dict[type, str]):
+    def __missing__(self, key: type) -> str:
+        name = self[key] = key.__name__
+        return name
 
-    A str's size is 49 bytes plus one per character when it is ASCII, and its repr is at
-    most four characters per character (`\\x00`) plus quotes; wider strings cost more
-    bytes per character than their escapes add. An int of that size has far fewer digits.
-    """
-    return 49 + max(0, max_chars - 2) // 4
+
+_type_names = _TypeNames()
 
 
 class Renderer:
@@ -150,7 +149,6 @@ class Renderer:
         self.max_chars = max_chars
         self.max_items = max_items
         self.max_depth = max_depth
-        self._flat_size = _flat_size(max_chars)
         self._by_type: dict[type, Callable[[Any, int, int], str]] = {
             int: self._int,
             str: self._str,
@@ -185,6 +183,42 @@ class Renderer:
             text = text[: self.max_chars - 1] + "…"
         return text, kind.__name__
 
+    def capture(self, value: object) -> tuple[str, str]:
+        """`render`, with a shortcut for the common small flat list, tuple and dict.
+
+        The expression hook calls this for every value that may change later, so the
+        cases that need no item-by-item work are tried first.
+        """
+        kind = type(value)
+        if kind is list or kind is tuple:
+            if len(value) <= self.max_items:  # type: ignore[arg-type]
+                kinds = {*map(type, value)}  # type: ignore[call-overload]
+                if kinds <= _FLAT and (str not in kinds or _short(value, kinds, self.max_chars)):
+                    try:
+                        text = repr(value)
+                    except ValueError:  # an int too long for decimal conversion
+                        return self.render(value)
+                    if len(text) <= self.max_chars:
+                        return text, kind.__name__
+        elif kind is dict:
+            mapping: dict[Any, Any] = value  # type: ignore[assignment]
+            if len(mapping) <= self.max_items:
+                keys = {*map(type, mapping)}
+                kinds = {*map(type, mapping.values())}
+                if (
+                    keys <= _FLAT
+                    and kinds <= _FLAT
+                    and (str not in keys or _short(mapping, keys, self.max_chars))
+                    and (str not in kinds or _short(mapping.values(), kinds, self.max_chars))
+                ):
+                    try:
+                        text = repr(mapping)
+                    except ValueError:
+                        return self.render(value)
+                    if len(text) <= self.max_chars:
+                        return text, "dict"
+        return self.render(value)
+
     def text(self, value: object, room: int, depth: int) -> str:
         """The rendering of `value` in about `room` characters (never much more)."""
         render = self._by_type.get(type(value))
@@ -195,8 +229,6 @@ class Renderer:
         return f"<{type(value).__name__} object>"
 
     def _int(self, value: int, room: int, depth: int) -> str:
-        if -_BIG_INT < value < _BIG_INT:
-            return repr(value)
         bits = value.bit_length()
         if bits > _MAX_INT_BITS:
             return f"<int of {bits} bits>"
@@ -236,18 +268,15 @@ class Renderer:
     ) -> str:
         """The items of `value` (the first `max_items` are looked at) between `opening`
         and `closing`, for a container of `size` items. `whole`: the repr of `value`
-        itself has that form, so C may write it."""
+        itself has that form, so C may write it in one go."""
         if not size:
             return opening + closing
         if depth >= self.max_depth:
             return f"{opening}{_more(size)}{closing}"
         head = value if len(value) <= self.max_items else value[: self.max_items]
-        if set(map(type, head)) <= _FLAT and max(map(getsizeof, head)) <= self._flat_size:
-            if whole and head is value:
-                text = repr(value)
-                if len(text) <= room:
-                    return text
-            return _join([*map(repr, head)], size, opening, closing, room)
+        texts = self._flat(head, room)
+        if texts is not None:
+            return _join(texts, size, opening, closing, room)
         return self._items(head, size, opening, closing, room, depth)
 
     def _dict(self, value: dict[Any, Any], room: int, depth: int) -> str:
@@ -270,18 +299,10 @@ class Renderer:
         else:
             keys = [*islice(value, self.max_items)]
             values = [*islice(value.values(), self.max_items)]
-        limit = self._flat_size
-        if (
-            {*map(type, keys), *map(type, values)} <= _FLAT
-            and max(map(getsizeof, keys)) <= limit
-            and max(map(getsizeof, values)) <= limit
-        ):
-            if type(value) is dict and size <= self.max_items:
-                text = repr(value)
-                if len(text) <= room:
-                    return text
-            texts = [*map(_pair, map(repr, keys), map(repr, values))]
-            return _join(texts, size, opening, closing, room)
+        key_texts = self._flat(keys, room)
+        value_texts = None if key_texts is None else self._flat(values, room)
+        if key_texts is not None and value_texts is not None:
+            return _join([*map(_pair, key_texts, value_texts)], size, opening, closing, room)
         pairs = zip(keys, values, strict=True)
         return self._items(pairs, size, opening, closing, room, depth, pairs=True)
 
@@ -308,6 +329,16 @@ class Renderer:
         if len(args) == 1:
             return f"{name}({self.text(args[0], room - len(name) - 2, depth + 1)})"
         return self._sequence(args, len(args), name + "(", ")", room, depth)
+
+    def _flat(self, items: list[Any] | tuple[Any, ...], room: int) -> list[str] | None:
+        """The reprs of `items`, written by C, if all are short scalars; else None."""
+        kinds = {*map(type, items)}
+        if not kinds <= _FLAT or (str in kinds and not _short(items, kinds, room)):
+            return None
+        try:
+            return [*map(repr, items)]
+        except ValueError:  # an int too long for decimal conversion
+            return None
 
     def _items(
         self, items: Iterable[Any], size: int, opening: str, closing: str, room: int,
@@ -339,45 +370,56 @@ class Renderer:
 
     # -- a batch of deferred values -----------------------------------------------
 
-    def render_batch(self, values: list[Any]) -> tuple[list[str], list[type], dict[int, str]]:
-        """Render a batch of values: (texts, their types, type names that differ).
+    def render_batch(self, values: list[Any]) -> tuple[list[str], dict[int, str]]:
+        """Render a batch of values: their texts, and the type names of the entries
+        whose type is not `type(values[i])` after the call.
 
         `values` holds deferred values (`DEFERRED_TYPES`) and `(text, type name)`
-        tuples rendered earlier; it is consumed (entries get replaced). The types list
-        is `type(value)` per entry; where the entry was rendered earlier, the name in
-        the third result is the one to use. The common case is a few C-level passes.
+        tuples rendered earlier; entries that are rendered apart are replaced by None.
+        A text may be longer than `max_chars` (an int of many digits, a string with
+        many escapes): `clip` it when it is read. The work is bounded regardless: long
+        strings are cut before they are rendered, and CPython refuses to write ints
+        of more than a few thousand digits.
         """
-        kinds = [*map(type, values)]
-        present = set(kinds)
-        count = range(len(values))
+        kinds = {*map(type, values)}
         special: dict[int, Any] = {}
-        odd = present - _FLAT
+        odd = kinds - _FLAT
         if odd:
-            for i in compress(count, map(odd.__contains__, kinds)):
+            for i in compress(range(len(values)), map(odd.__contains__, map(type, values))):
                 special[i] = values[i]
                 values[i] = None
-        limit = self.max_chars
-        check: list[int] = []
-        if max(map(getsizeof, values)) > self._flat_size:
-            # A long int or string: render it apart, or check its repr's length after.
-            for i in compress(count, map(self._flat_size.__lt__, map(getsizeof, values))):
-                value = values[i]
-                if type(value) is str and len(value) <= limit:
-                    check.append(i)
-                else:
+        if str in kinds:
+            is_str = [*map(is_, map(type, values), repeat(str))]
+            if max(map(len, compress(values, is_str))) > self.max_chars:
+                for i in compress(range(len(values)), is_str):
+                    if len(values[i]) > self.max_chars:
+                        special[i] = values[i]
+                        values[i] = None
+        try:
+            texts = [*map(repr, values)]
+        except ValueError:  # an int too long for decimal conversion
+            for i, value in enumerate(values):
+                if type(value) is int and value.bit_length() > _MAX_INT_BITS:
                     special[i] = value
                     values[i] = None
-        texts = [*map(repr, values)]
-        for i in check:
-            if len(texts[i]) > limit:
-                special[i] = values[i]
+            texts = [*map(repr, values)]
         names: dict[int, str] = {}
         for i, value in special.items():
-            if type(value) is tuple:
-                texts[i], names[i] = value
-            else:
-                texts[i], names[i] = self.render(value)
-        return texts, kinds, names
+            texts[i], names[i] = value if type(value) is tuple else self.render(value)
+        return texts, names
+
+    def clip(self, text: str, value: object) -> str:
+        """`text`, the batch rendering of `value`, cut to `max_chars` if longer."""
+        if len(text) <= self.max_chars:
+            return text
+        return self.render(value)[0]
+
+
+def _short(items: Iterable[Any], kinds: set[type], limit: int) -> bool:
+    """Whether every string among `items` is at most `limit` characters long."""
+    if len(kinds) == 1:
+        return max(map(len, items), default=0) <= limit
+    return all(len(item) <= limit for item in items if type(item) is str)
 
 
 def _more(size: int) -> str:
@@ -431,53 +473,44 @@ def render(value: object, max_chars: int = DEFAULT_MAX_VALUE_CHARS) -> tuple[str
     return renderer.render(value)
 
 
-class _TypeNames(dict[type, str]):
-    def __missing__(self, key: type) -> str:
-        name = self[key] = key.__name__
-        return name
-
-
-_type_names = _TypeNames()
-
-
 # -- batches --------------------------------------------------------------------------
+
+SiteRow = tuple[str, int, int, int, int, str]
+"""A site as a batch reads it: (kind, line, col, end_line, end_col, text)."""
 
 
 class EventBatch(Sequence[TraceEvent]):
     """Consecutive events, stored as columns; a `TraceEvent` is built when read.
 
     Entry i has seq `first_seq + i`. A site index >= 0 refers to the site table, and
-    the entry's value is `texts[i]` of type `names.get(i)` or else `kinds[i]`'s name;
-    a site index -1 - j refers to `extra[j]`, an engine event built whole.
+    the value's text is `texts[i]`, its type that of `values[i]` unless `names` says
+    otherwise; a site index -1 - j refers to `extra[j]`, an engine event built whole.
     """
 
-    __slots__ = ("_extra", "_first", "_kinds", "_names", "_sites", "_start", "_stop",
-                 "_table", "_texts", "execution_id")
+    __slots__ = ("_extra", "_first", "_names", "_renderer", "_sites", "_start", "_stop",
+                 "_table", "_texts", "_values", "execution_id")
 
     def __init__(
         self,
         execution_id: str,
         first_seq: int,
-        table: Sequence[tuple[str, int, int, int, int, str]],
+        table: Sequence[SiteRow],
         sites: list[int],
-        rendered: tuple[list[str], list[type], dict[int, str]] | None,
+        values: list[Any],
+        rendered: tuple[list[str], dict[int, str]] | None,
         extra: list[TraceEvent],
-        start: int = 0,
-        stop: int | None = None,
+        renderer: Renderer,
     ) -> None:
         self.execution_id = execution_id
         self._first = first_seq
         self._table = table
         self._sites = sites
-        if rendered is None:
-            self._texts: list[str] | None = None
-            self._kinds: list[type] = []
-            self._names: dict[int, str] = {}
-        else:
-            self._texts, self._kinds, self._names = rendered
+        self._values = values
+        self._texts, self._names = (None, {}) if rendered is None else rendered
         self._extra = extra
-        self._start = start
-        self._stop = len(sites) if stop is None else stop
+        self._renderer = renderer
+        self._start = 0
+        self._stop = len(sites)
 
     @property
     def first_seq(self) -> int:
@@ -500,9 +533,11 @@ class EventBatch(Sequence[TraceEvent]):
         if kind == "stmt" or self._texts is None:
             return TraceEvent(self.execution_id, seq, kind, line, col, end_line, end_col,
                               text, "", "")
-        name = self._names.get(index) or _type_names[self._kinds[index]]
+        value = self._values[index]
+        name = self._names.get(index) or _type_names[type(value)]
+        rendered = self._renderer.clip(self._texts[index], value)
         return TraceEvent(self.execution_id, seq, kind, line, col, end_line, end_col, text,
-                          self._texts[index], name)
+                          rendered, name)
 
     @overload
     def __getitem__(self, index: int) -> TraceEvent: ...
@@ -526,9 +561,10 @@ class EventBatch(Sequence[TraceEvent]):
         return map(self._event, range(self._start, self._stop))
 
     def _narrow(self, start: int, stop: int) -> EventBatch:
-        batch = EventBatch(self.execution_id, self._first, self._table, self._sites, None,
-                           self._extra, start, stop)
-        batch._texts, batch._kinds, batch._names = self._texts, self._kinds, self._names
+        batch = EventBatch(self.execution_id, self._first, self._table, self._sites,
+                           self._values, None, self._extra, self._renderer)
+        batch._texts, batch._names = self._texts, self._names
+        batch._start, batch._stop = start, stop
         return batch
 
     def after(self, seq: int) -> EventBatch:
@@ -551,11 +587,11 @@ _NO_VALUE: Final[Any] = object()
 class Tracer:
     """The recorder of one execution's trace: the hooks, the numbering, the batches.
 
-    Bind `hook_expr` to `_jv_t` and `hook_stmt` to `_jv_s` in the program's namespace.
-    Events are numbered from `start_seq + 1`; a resumed run that replays from a
-    snapshot taken at seq N passes `start_seq=N` (and the step count then as
-    `start_steps`) and regenerates the same numbers. Call `flush()` before anything
-    that must see the events so far (an effect, a checkpoint, the end of the run).
+    Bind `hooks()` (`_jv_t` and `_jv_s`) in the program's namespace. Events are
+    numbered from `start_seq + 1`; a resumed run that replays from a snapshot taken
+    at seq N passes `start_seq=N` (and the step count then as `start_steps`) and
+    regenerates the same numbers. Call `flush()` before anything that must see the
+    events so far (an effect, a checkpoint, the end of the run).
     """
 
     def __init__(
@@ -577,7 +613,7 @@ class Tracer:
         self.max_steps = max_steps
         self.batch_size = batch_size
         self.renderer = Renderer(max_value_chars)
-        self._table = [
+        self._table: list[SiteRow] = [
             (site.kind, site.line, site.col, site.end_line, site.end_col, site.text)
             for site in sites
         ]
@@ -595,14 +631,14 @@ class Tracer:
         self,
     ) -> tuple[Callable[[int, Any], Any], Callable[[int], None], Callable[[int], None]]:
         buffer = self._buffer
-        capture = self.renderer.render
+        capture = self.renderer.capture
         deferred = DEFERRED_TYPES
         spill = self._spill
         capacity = 2 * self.batch_size
 
-        # The two hooks below run once per traced expression and statement: every
-        # name is a local or a closure cell, `buffer.append` is specialised by the
-        # interpreter, and the only branch taken in the common case is the type test.
+        # The two hooks run once per traced expression and statement: every name is a
+        # local or a closure cell, `buffer.append` is specialised by the interpreter,
+        # and the only test on the common path is the type test.
         def hook_expr(k: int, value: Any) -> Any:
             if type(value) in deferred:
                 buffer.append(k)
@@ -625,6 +661,10 @@ class Tracer:
             capacity = entries
 
         return hook_expr, hook_stmt, set_capacity
+
+    def hooks(self) -> dict[str, Callable[..., Any]]:
+        """The names an instrumented program calls, to bind in its namespace."""
+        return {"_jv_t": self.hook_expr, "_jv_s": self.hook_stmt}
 
     # -- counters -----------------------------------------------------------------
 
@@ -661,7 +701,8 @@ class Tracer:
         """Record an engine event in program order; return it (with its seq).
 
         `value` is rendered now (it may change later); pass `text` instead to record
-        text verbatim (clipped), e.g. the printed text of a `print` event.
+        a string verbatim (clipped), e.g. the printed text of a `print` event. Without
+        either the event has no value. `end_line` and `end_col` default to the start.
         """
         if kind not in EVENT_KINDS:
             raise ValueError(f"unknown trace event kind {kind!r}")
@@ -691,20 +732,19 @@ class Tracer:
     def flush(self) -> None:
         """Render the pending events and deliver them to the sink as one batch."""
         buffer = self._buffer
-        if not buffer:
-            return
-        sites: list[int] = buffer[0::2]
-        values: list[Any] = buffer[1::2]
-        buffer.clear()
-        extra, self._extra = self._extra, []
-        first = self._seq + 1
-        self._seq += len(sites)
-        self._steps += len(sites) - len(extra)
-        rendered = self.renderer.render_batch(values) if self._has_values else None
-        self.sink.deliver(
-            EventBatch(self.execution_id, first, self._table, sites, rendered, extra)
-        )
-        self._update_capacity()
+        if buffer:
+            sites: list[int] = buffer[0::2]
+            values: list[Any] = buffer[1::2]
+            buffer.clear()
+            extra, self._extra = self._extra, []
+            first = self._seq + 1
+            self._seq += len(sites)
+            self._steps += len(sites) - len(extra)
+            rendered = self.renderer.render_batch(values) if self._has_values else None
+            batch = EventBatch(self.execution_id, first, self._table, sites, values,
+                               rendered, extra, self.renderer)
+            self._update_capacity()
+            self.sink.deliver(batch)
 
     def _update_capacity(self) -> None:
         entries = 2 * self.batch_size
@@ -720,17 +760,3 @@ class Tracer:
             raise LimitExceeded(
                 "steps", f"the program ran more than {self.max_steps:,} traced steps"
             )
-
-    def resume_at(self, seq: int, steps: int) -> None:
-        """Continue numbering after `seq` (and counting after `steps`): how a run
-        restored from a snapshot regenerates the numbers it had. Pending events are
-        dropped: they belong to the run being replaced."""
-        self._buffer.clear()
-        self._extra.clear()
-        self._seq = seq
-        self._steps = steps
-        self._update_capacity()
-
-    def hooks(self) -> dict[str, Callable[..., Any]]:
-        """The names the instrumented program calls, for its namespace."""
-        return {"_jv_t": self.hook_expr, "_jv_s": self.hook_stmt}
