@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from jarvis.compiler import RULES, Compilation, Diagnostic
-from jarvis.compiler.source import MAX_SOURCE_BYTES
+from jarvis.compiler.source import MAX_SOURCE_BYTES, Source
 from jarvis.compiler.syntax import MAX_DEPTH
 
 TIME_LIMIT = 10.0
@@ -32,6 +32,10 @@ GENERATED = settings(
     max_examples=150,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    # The same examples on every run: a failure here is a bug to fix, never noise.
+    # Wider random searches belong in a separate, longer run.
+    derandomize=True,
+    database=None,
 )
 # libcst-based generation takes a quarter of a second per program; fewer examples keep
 # the file fast, and the grammar-based strategy above covers volume.
@@ -241,6 +245,49 @@ def test_mutated_programs(data: bytes) -> None:
 @given(mutated_programs())
 def test_mutated_programs_as_text(data: bytes) -> None:
     compile_checked(data.decode("utf-8", errors="replace"))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=ValueError,
+    reason="Compilation.python renders the tree with ast.unparse, which in Python 3.11 "
+    "cannot write a string that needs a backslash inside an f-string expression",
+)
+@pytest.mark.parametrize("text", ["\x1f", "\x99", "\\\\", "\\n"])
+def test_a_string_needing_escapes_inside_an_f_string(text: str) -> None:
+    # Found by test_mutated_programs: a valid program whose Python cannot be written.
+    compile_checked(f"label = f\"{{'{text}' * 2}}\"\nprint(label)\n")
+
+
+def _positions(data: bytes) -> list[tuple[str, int, int, int, int]]:
+    found = compile_checked(data).diagnostics
+    return [(d.code, d.line, d.col, d.end_line, d.end_col) for d in found]
+
+
+@settings(GENERATED, max_examples=150)
+@given(mutated_programs(), st.sampled_from(["ä", "€", "😀", "\u0301"]))
+def test_columns_do_not_depend_on_how_many_bytes_a_character_takes(
+    data: bytes, wide: str
+) -> None:
+    # The same program after a string of two characters, ASCII or not: every
+    # diagnostic stands at the same character position.
+    narrow_prefix = b"zz = 'aa'; "
+    wide_prefix = f"zz = '{wide * 2}'; ".encode()
+    assert _positions(narrow_prefix + data) == _positions(wide_prefix + data)
+
+
+@given(st.text(alphabet=st.characters(exclude_categories=["Cs"], exclude_characters="\r\n")))
+def test_char_col_maps_every_character_boundary(line: str) -> None:
+    source = Source("line.spy", line)
+    offset = 0
+    for index, char in enumerate(line):
+        width = len(char.encode("utf-8"))
+        for inside in range(width):
+            # An offset inside a character counts as that character's start.
+            assert source.char_col(1, offset + inside) == index + 1
+        offset += width
+    assert source.char_col(1, offset) == len(line) + 1
+    assert source.char_col(1, offset + 3) == len(line) + 4
 
 
 # -- pathological files --------------------------------------------------------------

@@ -662,6 +662,16 @@ class Tracer:
 
         return hook_expr, hook_stmt, set_capacity
 
+    def resume_at(self, seq: int, steps: int) -> None:
+        """Continue numbering after `seq` (and counting after `steps`): how a run
+        restored from a snapshot regenerates the numbers it had. Pending events are
+        dropped: they belong to the run being replaced."""
+        self._buffer.clear()
+        self._extra.clear()
+        self._seq = seq
+        self._steps = steps
+        self._update_capacity()
+
     def hooks(self) -> dict[str, Callable[..., Any]]:
         """The names an instrumented program calls, to bind in its namespace."""
         return {"_jv_t": self.hook_expr, "_jv_s": self.hook_stmt}
