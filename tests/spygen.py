@@ -189,9 +189,10 @@ class _Env:
     """Dicts being iterated: the block must not add or remove their keys."""
 
     def child(self, **changes: object) -> _Env:
+        """A copy for a nested block: what the block adds is not seen after it."""
         copy = replace(self, **changes)  # type: ignore[arg-type]
-        copy.variables = list(self.variables)
-        copy.functions = list(self.functions)
+        copy.variables = list(copy.variables)
+        copy.functions = list(copy.functions)
         return copy
 
     def of(self, kind: str, writable: bool = False) -> list[str]:

@@ -203,7 +203,7 @@ def run_with_restarts(source: str, registry: Path,
         if outcome.status != "suspended":
             run = Run(outcome.outputs, "".join(printed), log, error_of(outcome.error))
             return run, restarts, effects.count
-        assert keeper.payloads, "the Machine stopped without a snapshot"
+        assert machine.snapshots_taken == 1, "the Machine stopped without a snapshot"
         payload = keeper.payloads[-1]
         restarts += 1
         assert restarts < 10_000

@@ -23,7 +23,8 @@ from typing import Any
 from jarvis.compiler import Compilation
 from jarvis.runtime.books import BookRegistry
 from jarvis.runtime.errors import RuntimeSetupError
-from jarvis.runtime.execution import Execution
+from jarvis.runtime.execution import Execution, error_type_name
+from jarvis.runtime.isolation import ChildPool
 from jarvis.runtime.interrupt import interrupt_main
 from jarvis.runtime.machine import Outcome, Stopped
 from jarvis.runtime.sinks import ConsoleSink, FanOutSink, JsonlSink, NullSink, Sink
@@ -157,7 +158,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "jarvis run") -> int:
     try:
         execution = Execution(program, execution_id=execution_id, inputs=inputs,
                               books=registry, settings=settings, sink=sink,
-                              stop_requested=stop.requested.is_set)
+                              stop_requested=stop.requested.is_set,
+                              isolation=ChildPool(size=0))
         finished = execution.finished()
         if finished is not None:
             print(json.dumps(finished.get("outputs", {}), indent=2, ensure_ascii=False))
@@ -207,7 +209,7 @@ def _report_error(outcome: Outcome, path: str, compilation: Compilation) -> None
     error = outcome.error
     assert error is not None
     where = outcome.location
-    name = type(error).__name__
+    name = error_type_name(error)
     if where is None:
         print(f"{path}: {name}: {error}", file=sys.stderr)
         return

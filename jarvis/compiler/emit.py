@@ -1,8 +1,9 @@
-"""Emission: a validated SPy tree to the Python source Jarvis runs.
+"""Emission: the generated Python of a program as text, for `jarvis-compile --emit`.
 
-The front end's output is plain Python: Book imports become lookups in the runtime's
-Book table (`_jv_books`), a name no SPy program can write because user names may not
-start with `_`. The lowering pass (resumable frames, trace hooks) plugs in here.
+Programs run from their syntax tree, never from this text; the text is for people.
+CPython 3.11 cannot write out an f-string whose expression holds a string that needs a
+backslash escape (`f"{'\\x1f' * 2}"`), so such f-strings are written as the equivalent
+`''.join(...)` of formatted parts instead.
 """
 
 from __future__ import annotations
@@ -10,33 +11,43 @@ from __future__ import annotations
 import ast
 import copy
 
-from jarvis.compiler.language import BOOKS_MODULE
-
-BOOKS_TABLE = "_jv_books"
-"""The runtime name through which emitted code reaches its Books."""
+_CONVERSIONS = {-1: None, ord("s"): "_jv_str", ord("r"): "_jv_repr", ord("a"): "_jv_ascii"}
 
 
-class _BookImports(ast.NodeTransformer):
-    def visit_ImportFrom(self, node: ast.ImportFrom) -> ast.AST | list[ast.stmt]:
-        if node.module != BOOKS_MODULE:
-            return node
-        statements: list[ast.stmt] = []
-        for alias in node.names:
-            lookup = ast.Subscript(
-                value=ast.Name(id=BOOKS_TABLE, ctx=ast.Load()),
-                slice=ast.Constant(alias.name),
-                ctx=ast.Load(),
-            )
-            target = ast.Name(id=alias.asname or alias.name, ctx=ast.Store())
-            statements.append(
-                ast.copy_location(ast.Assign(targets=[target], value=lookup), node)
-            )
-        return statements
+class _PlainFStrings(ast.NodeTransformer):
+    def visit_JoinedStr(self, node: ast.JoinedStr) -> ast.AST:
+        self.generic_visit(node)
+        parts: list[ast.expr] = []
+        for value in node.values:
+            if isinstance(value, ast.FormattedValue):
+                converted = value.value
+                wrapper = _CONVERSIONS.get(value.conversion)
+                if wrapper is not None:
+                    converted = ast.Call(func=ast.Name(id=wrapper, ctx=ast.Load()),
+                                         args=[converted], keywords=[])
+                spec = value.format_spec if value.format_spec is not None else ast.Constant("")
+                parts.append(ast.Call(func=ast.Name(id="_jv_format", ctx=ast.Load()),
+                                      args=[converted, spec], keywords=[]))
+            else:
+                parts.append(value)
+        join = ast.Call(
+            func=ast.Attribute(value=ast.Constant(""), attr="join", ctx=ast.Load()),
+            args=[ast.Tuple(elts=parts, ctx=ast.Load())], keywords=[],
+        )
+        return ast.copy_location(join, node)
 
 
-def emit_python(tree: ast.Module, header: str) -> str:
-    """The Python source for a validated tree, with `header` as a leading comment."""
-    module = _BookImports().visit(copy.deepcopy(tree))
-    ast.fix_missing_locations(module)
-    lines = [f"# {line}" if line else "#" for line in header.splitlines()]
-    return "\n".join([*lines, ast.unparse(module), ""])
+def unparse(module: ast.Module) -> str:
+    """Python source for `module`, equivalent to it even where CPython's own
+    `ast.unparse` gives up."""
+    try:
+        return ast.unparse(module)
+    except ValueError:
+        plain = _PlainFStrings().visit(copy.deepcopy(module))
+        ast.fix_missing_locations(plain)
+        return ast.unparse(plain)
+
+
+def runtime_names() -> dict[str, object]:
+    """The helpers the rewritten f-strings call, for a namespace that runs the text."""
+    return {"_jv_format": format, "_jv_str": str, "_jv_repr": repr, "_jv_ascii": ascii}

@@ -76,6 +76,10 @@ class Site:
     end_line: int
     end_col: int
     text: str
+    summarize: bool = False
+    """The expression is the container of a subscript (`d` in `d[k]`) or the receiver
+    of a method call (`xs` in `xs.append(x)`): the program uses an item or a method,
+    not the whole value, so a container value is shown by its size only."""
 
 
 def instrument(
@@ -161,14 +165,14 @@ class _Instrumenter:
             parts.append(self.source.line_text(end_line)[: end_col - 1])
         return "\n".join(parts)
 
-    def site(self, kind: Literal["expr", "stmt"], node: ast.AST) -> int:
+    def site(self, kind: Literal["expr", "stmt"], node: ast.AST, summarize: bool = False) -> int:
         line, col, end_line, end_col = self.span(node)
         if kind == "stmt" and isinstance(node, _COMPOUND):
             end_line, end_col = self.header_end(node, line, col, end_line, end_col)
         text = self.text(line, col, end_line, end_col)
         if not text and kind == "expr":
             text = ast.unparse(node)  # a position CPython got wrong; show the code anyway
-        self.sites.append(Site(kind, line, col, end_line, end_col, _clip(text)))
+        self.sites.append(Site(kind, line, col, end_line, end_col, _clip(text), summarize))
         return len(self.sites) - 1
 
     def header_end(
@@ -219,13 +223,13 @@ class _Instrumenter:
             node.col_offset = node.end_col_offset = statement.col_offset
         return hook
 
-    def traced(self, node: ast.expr) -> ast.expr:
+    def traced(self, node: ast.expr, *, summarize: bool = False) -> ast.expr:
         """`node` with its parts instrumented, wrapped in the expression hook if traced."""
         if not self.expressions:
             return node
         if _is_literal(node) or isinstance(node, _NOT_TRACED) or self.is_book(node):
             return self.inner(node)
-        k = self.site("expr", node)
+        k = self.site("expr", node, summarize)
         inner = self.inner(node)
         call = ast.Call(ast.Name(EXPR_HOOK, ast.Load()), [ast.Constant(k), inner], [])
         for new in (call, call.func, call.args[0]):
@@ -303,7 +307,7 @@ class _Instrumenter:
     def target(self, node: ast.expr) -> ast.expr:
         """An assignment or `del` target: not traced, but what it evaluates is."""
         if isinstance(node, ast.Subscript):
-            node.value = self.traced(node.value)
+            node.value = self.traced(node.value, summarize=True)
             node.slice = self.subscript(node.slice)
         elif isinstance(node, ast.Attribute):
             node.value = self.traced(node.value)
@@ -327,6 +331,10 @@ class _Instrumenter:
     def callee(self, node: ast.expr) -> ast.expr:
         if isinstance(node, ast.Name):
             return node
+        if isinstance(node, ast.Attribute):
+            if not self.is_book(node.value):
+                node.value = self.traced(node.value, summarize=True)  # the receiver
+            return node
         return self.inner(node)
 
     def elements(self, nodes: list[ast.expr]) -> list[ast.expr]:
@@ -340,7 +348,7 @@ class _Instrumenter:
             if not self.is_book(node.value):
                 node.value = self.traced(node.value)
         elif isinstance(node, ast.Subscript):
-            node.value = self.traced(node.value)
+            node.value = self.traced(node.value, summarize=True)
             node.slice = self.subscript(node.slice)
         elif isinstance(node, ast.Call):
             node.func = self.callee(node.func)

@@ -18,6 +18,9 @@ from typing import Any
 from jarvis.compiler.compiled import CompiledProgram
 from jarvis.compiler.phases import COMPILER_VERSION
 from jarvis.runtime.books import BookRegistry
+from jarvis.runtime.channel import RemoteError
+from jarvis.runtime.child import pack_records
+from jarvis.runtime.isolation import ChildPool, HostServices, run_in_child
 from jarvis.runtime.journal import Journal, JournalCorrupt
 from jarvis.runtime.machine import Machine, MachineLimits, Outcome, SnapshotPolicy
 from jarvis.runtime.sinks import Sink
@@ -89,8 +92,10 @@ class Execution:
         clock: Callable[[], float] = time.time,
         wait: Callable[[float], None] = time.sleep,
         guard: Callable[[], None] | None = None,
+        isolation: ChildPool | None = None,
     ) -> None:
         self.program = program
+        self.isolation = isolation
         self.execution_id = execution_id
         self.inputs = inputs
         self.books = books
@@ -147,6 +152,19 @@ class Execution:
         limits = self.settings.limits
         last_delivered = directory.read_trace_seq() or 0
         sink = _DeliveryRecorder(self.sink, directory, last_delivered)
+        snapshots = _Snapshots(store, self.program, self.execution_id, journal)
+        if not started:
+            directory.write_status({
+                "status": "running", "program": self.program.digest,
+                "inputs": inputs, "trace": self.program.trace_level,
+            })
+        if self.isolation is not None:
+            try:
+                outcome = self._run_in_child(self.isolation, loaded, journal, snapshots,
+                                             sink, inputs)
+            finally:
+                journal.close()
+            return self._finish(outcome, inputs)
         tracer = Tracer(self.execution_id, self.program.trace_sites, sink,
                         max_steps=limits.max_steps)
         machine = Machine(
@@ -156,7 +174,7 @@ class Execution:
             books=self.books,
             effects=journal,
             tracer=tracer,
-            snapshots=_Snapshots(store, self.program, self.execution_id, journal),
+            snapshots=snapshots,
             policy=SnapshotPolicy(self.settings.snapshot_every_effects,
                                   self.settings.snapshot_every_seconds),
             limits=MachineLimits(
@@ -179,15 +197,14 @@ class Execution:
             machine.start_fresh()
             self.report.resumed = journal.count > 0
         self.report.replayed_effects = journal.count - machine.effect_count
-        if not started:
-            directory.write_status({
-                "status": "running", "program": self.program.digest,
-                "inputs": inputs, "trace": self.program.trace_level,
-            })
         try:
             outcome = machine.run()
         finally:
             journal.close()
+        return self._finish(outcome, inputs)
+
+    def _finish(self, outcome: Outcome, inputs: dict[str, Any]) -> Outcome:
+        directory = self.directory
         record: dict[str, Any] = {
             "status": outcome.status, "program": self.program.digest, "inputs": inputs,
             "trace": self.program.trace_level, "outputs": outcome.outputs,
@@ -198,6 +215,49 @@ class Execution:
         directory.write_status(json.loads(json.dumps(record, default=str)))
         return outcome
 
+
+    def _run_in_child(self, pool: ChildPool, loaded: LoadedSnapshot | None, journal: Journal,
+                      snapshots: _Snapshots, sink: _DeliveryRecorder,
+                      inputs: dict[str, Any]) -> Outcome:
+        """Run the Machine in a child process; this process performs its effects."""
+        first = loaded.header.journal_index if loaded is not None else 0
+        tail = [journal.record(i) for i in range(first, journal.count)]
+        snapshot = loaded.payload if loaded is not None else b""
+        if loaded is not None:
+            self.report.resumed = True
+            self.report.snapshot = loaded.sequence
+            self.report.skipped += [str(s) for s in loaded.skipped]
+        else:
+            self.report.resumed = journal.count > 0
+        self.report.replayed_effects = len(tail)
+        limits = self.settings.limits
+        start = {
+            "op": "start",
+            "execution_id": self.execution_id,
+            "source": self.program.source.text,
+            "path": self.program.path,
+            "trace": self.program.trace_level,
+            "inputs": inputs,
+            "journal_first": first,
+            "snapshot_length": len(snapshot),
+            "last_delivered": sink.last_delivered,
+            "snapshot_every_effects": self.settings.snapshot_every_effects,
+            "snapshot_every_seconds": self.settings.snapshot_every_seconds,
+            "limits": {
+                "max_steps": limits.max_steps,
+                "max_seconds": limits.max_seconds,
+                "max_recursion_depth": limits.max_recursion_depth,
+                "max_book_calls": limits.max_book_calls,
+                "max_output_bytes": limits.max_output_bytes,
+            },
+        }
+        child = pool.take()
+        try:
+            return run_in_child(child, start, snapshot + pack_records(tail),
+                                HostServices(journal, snapshots, sink, self.books),
+                                self.stop_requested)
+        finally:
+            child.close()
 
     def _open_journal(self, loaded: LoadedSnapshot | None) -> Journal | None:
         """The journal, read from where `loaded` left off (None if it cannot be)."""
@@ -222,11 +282,16 @@ def error_record(outcome: Outcome) -> dict[str, Any]:
     assert error is not None
     where = outcome.location
     return {
-        "type": type(error).__name__,
+        "type": error_type_name(error),
         "message": str(error),
         "line": where.line if where else None,
         "col": where.col if where else None,
     }
+
+
+def error_type_name(error: BaseException) -> str:
+    """The name of the error's type, also for errors reported by a child process."""
+    return error.type_name if isinstance(error, RemoteError) else type(error).__name__
 
 
 class _DeliveryRecorder:

@@ -17,26 +17,51 @@ from jarvis.compiler.lower.blocks import STEP_INTERNALS
 
 
 class Cell:
-    """A variable shared between a frame and the closures it created."""
+    """A variable shared between a frame and the closures it created.
 
-    __slots__ = ("value",)
+    The defining function reads it as `cell.value`, the closures as `cell.free`, so that
+    reading it before it is assigned fails as Python's own cells do.
+    """
 
-    def __init__(self, *value: Any) -> None:
+    __slots__ = ("name", "value")
+
+    def __init__(self, name: str, *value: Any) -> None:
+        self.name = name
         if value:
             self.value = value[0]
 
+    def __getattr__(self, attribute: str) -> Any:
+        # Only reached when `value` is not set (or for an attribute a Cell lacks).
+        if attribute == "value":
+            raise UnboundLocalError(
+                f"cannot access local variable {self.name!r} where it is not associated "
+                "with a value"
+            )
+        raise AttributeError(attribute)
+
+    @property
+    def free(self) -> Any:
+        try:
+            return self.value
+        except UnboundLocalError:
+            raise NameError(
+                f"cannot access free variable {self.name!r} where it is not associated with "
+                "a value in enclosing scope"
+            ) from None
+
     def __repr__(self) -> str:
-        return "<cell>"
+        return f"<cell {self.name}>"
 
     def __getstate__(self) -> tuple[Any, ...]:
         try:
-            return (self.value,)
-        except AttributeError:
-            return ()
+            return (self.name, self.value)
+        except UnboundLocalError:
+            return (self.name,)
 
     def __setstate__(self, state: tuple[Any, ...]) -> None:
-        if state:
-            self.value = state[0]
+        self.name = state[0]
+        if len(state) > 1:
+            self.value = state[1]
 
 
 class Frame:

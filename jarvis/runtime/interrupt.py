@@ -14,6 +14,10 @@ import threading
 _MAIN = threading.main_thread()
 
 
+class Stopped(BaseException):
+    """Raised inside a running program when its host asks it to stop (not catchable)."""
+
+
 def interrupt_thread(thread_id: int, exception: type[BaseException]) -> bool:
     """Raise `exception` in the thread `thread_id` at its next bytecode; True if sent."""
     changed = ctypes.pythonapi.PyThreadState_SetAsyncExc(

@@ -31,13 +31,9 @@ from jarvis.runtime.effects_log import (
 )
 from jarvis.runtime.errors import BookError, LimitExceeded
 from jarvis.runtime.frames import Frame, ResumableFunction
-from jarvis.runtime.interrupt import Deadline
+from jarvis.runtime.interrupt import Deadline, Stopped
 from jarvis.runtime.locate import ErrorLocation, locate
 from jarvis.runtime.namespace import Namespace
-
-
-class Stopped(BaseException):
-    """Raised inside a running program when its host asks it to stop (not catchable)."""
 
 
 class TimeLimitExceeded(LimitExceeded):
@@ -222,8 +218,7 @@ class Machine:
             with Deadline(self.limits.max_seconds, TimeLimitExceeded):
                 self.drive()
         except Stopped:
-            self.tracer.flush()
-            return Outcome("suspended", self.outputs, counters=self.counters())
+            return self.stopped_outcome()
         except LimitExceeded as exc:
             where = locate(exc, self.program.path)
             line, col = (where.line, where.col) if where else (0, 0)
@@ -240,6 +235,10 @@ class Machine:
             return Outcome("failed", self.outputs, exc, where, self.counters())
         self.tracer.flush()
         return Outcome("completed", self.outputs, counters=self.counters())
+
+    def stopped_outcome(self) -> Outcome:
+        self.tracer.flush()
+        return Outcome("suspended", self.outputs, counters=self.counters())
 
     def drive(self) -> None:
         if self.waiting_until is not None:

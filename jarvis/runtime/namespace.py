@@ -19,6 +19,7 @@ from typing import Any
 import cloudpickle
 
 from jarvis.compiler.compiled import CompiledProgram
+from jarvis.compiler.emit import runtime_names
 from jarvis.runtime import bounded
 from jarvis.runtime.builtins import BookProxy, Effects, make_builtins, set_inputs
 from jarvis.runtime.frames import (
@@ -58,6 +59,7 @@ class Namespace:
             _jv_Cell=Cell,
             _jv_mkfn=self.make_function,
             **bounded.helpers(),
+            **runtime_names(),
             **hooks,
         )
         self.builtins = table

@@ -102,6 +102,8 @@ class TraceEvent(NamedTuple):
 # -- rendering ------------------------------------------------------------------------
 
 _NoneType = type(None)
+_BIG_INT: Final = 10**18
+"""Ints between -_BIG_INT and _BIG_INT render with a plain repr."""
 _MAX_INT_BITS: Final = 13_000
 """Ints wider than this (about 3900 digits) are not converted to decimal at all:
 CPython refuses beyond 4300 digits, and the conversion is quadratic."""
@@ -109,6 +111,7 @@ _SET_SORT_LIMIT: Final = 64
 """Sets up to this size render sorted (deterministic); larger ones show their size."""
 _MIN_ROOM: Final = 6
 
+_NUMBERS: Final = frozenset({int, float, bool, _NoneType})
 _FLAT: Final = frozenset({int, float, bool, _NoneType, str})
 """Scalars whose repr C writes directly (strings after a length check; ints are
 bounded by CPython's own limit on decimal conversion)."""
@@ -119,6 +122,14 @@ DEFERRED_TYPES: Final = frozenset({
 """Values of these exact types cannot change, so their rendering waits for the batch."""
 
 _pair = "{}: {}".format
+
+_BRACKETS: Final[dict[type, tuple[str, str]]] = {
+    list: ("[", "]"), tuple: ("(", ")"), dict: ("{", "}"), set: ("{", "}"),
+    frozenset: ("frozenset({", "})"), types.MappingProxyType: ("mappingproxy({", "})"),
+    type({}.keys()): ("dict_keys([", "])"), type({}.values()): ("dict_values([", "])"),
+    type({}.items()): ("dict_items([", "])"),
+}
+"""How `Renderer.summary` writes each container type."""
 
 
 class _TypeNames(dict[type, str]):
@@ -149,12 +160,9 @@ class Renderer:
         self.max_chars = max_chars
         self.max_items = max_items
         self.max_depth = max_depth
+        self._nested_items = max(2, max_items // 4)
+        """Items looked at in a container inside a container."""
         self._by_type: dict[type, Callable[[Any, int, int], str]] = {
-            int: self._int,
-            str: self._str,
-            list: self._list,
-            tuple: self._tuple,
-            dict: self._dict,
             types.MappingProxyType: self._mappingproxy,
             set: self._set,
             frozenset: self._set,
@@ -162,9 +170,6 @@ class Renderer:
             type({}.values()): self._view,
             type({}.items()): self._view,
             range: self._range,
-            float: _plain,
-            bool: _plain,
-            _NoneType: _plain,
             type: _class,
             types.FunctionType: _function,
             types.BuiltinFunctionType: _builtin,
@@ -183,50 +188,86 @@ class Renderer:
             text = text[: self.max_chars - 1] + "…"
         return text, kind.__name__
 
-    def capture(self, value: object) -> tuple[str, str]:
-        """`render`, with a shortcut for the common small flat list, tuple and dict.
+    def summary(self, value: Any) -> tuple[str, str]:
+        """A container by its size only, `[… (3 items)]`; other values as `render`."""
+        brackets = _BRACKETS.get(type(value))
+        if brackets is None:
+            return self.render(value)
+        size = len(value)
+        if not size:
+            return self.render(value)
+        return brackets[0] + _more(size) + brackets[1], type(value).__name__
 
-        The expression hook calls this for every value that may change later, so the
-        cases that need no item-by-item work are tried first.
+    def capture(self, value: Any) -> tuple[str, str]:
+        """`render`, for the expression hook: a value that may change later.
+
+        Small flat lists, tuples and dicts (numbers, short strings) are by far the
+        most common such values; C writes their repr after a few C-level checks.
         """
         kind = type(value)
         if kind is list or kind is tuple:
-            if len(value) <= self.max_items:  # type: ignore[arg-type]
-                kinds = {*map(type, value)}  # type: ignore[call-overload]
-                if kinds <= _FLAT and (str not in kinds or _short(value, kinds, self.max_chars)):
-                    try:
-                        text = repr(value)
-                    except ValueError:  # an int too long for decimal conversion
-                        return self.render(value)
-                    if len(text) <= self.max_chars:
-                        return text, kind.__name__
-        elif kind is dict:
-            mapping: dict[Any, Any] = value  # type: ignore[assignment]
-            if len(mapping) <= self.max_items:
-                keys = {*map(type, mapping)}
-                kinds = {*map(type, mapping.values())}
-                if (
-                    keys <= _FLAT
-                    and kinds <= _FLAT
-                    and (str not in keys or _short(mapping, keys, self.max_chars))
-                    and (str not in kinds or _short(mapping.values(), kinds, self.max_chars))
+            size = len(value)
+            head = value if size <= self.max_items else value[: self.max_items]
+            kinds = {*map(type, head)}
+            if kinds <= _NUMBERS or (
+                kinds <= _FLAT and _short(head, kinds, self.max_chars)
+            ):
+                try:
+                    text = repr(head)
+                except ValueError:  # an int too long for decimal conversion
+                    return self.render(value)
+                if size > len(head):
+                    text = f"{text[:-1]}, {_more(size)}{text[-1]}"
+                if len(text) <= self.max_chars:
+                    return text, kind.__name__
+        elif kind is dict and len(value) <= self.max_items:
+            keys = {*map(type, value)}
+            if keys <= _FLAT and (keys <= _NUMBERS or _short(value, keys, self.max_chars)):
+                kinds = {*map(type, value.values())}
+                if kinds <= _NUMBERS or (
+                    kinds <= _FLAT and _short(value.values(), kinds, self.max_chars)
                 ):
                     try:
-                        text = repr(mapping)
+                        text = repr(value)
                     except ValueError:
                         return self.render(value)
                     if len(text) <= self.max_chars:
                         return text, "dict"
         return self.render(value)
 
-    def text(self, value: object, room: int, depth: int) -> str:
-        """The rendering of `value` in about `room` characters (never much more)."""
-        render = self._by_type.get(type(value))
+    def text(self, value: Any, room: int, depth: int) -> str:
+        """The rendering of `value` in about `room` characters (never much more).
+
+        The common types are tested inline, most frequent first: this runs for every
+        container event and for every item shown of a container.
+        """
+        kind = type(value)
+        if kind is str:
+            if len(value) <= room:
+                text = repr(value)
+                if len(text) <= room:
+                    return text
+            return self._str(value, room, depth)
+        if kind is int:
+            if -_BIG_INT < value < _BIG_INT:
+                return repr(value)
+            return self._int(value, room, depth)
+        if kind is float or kind is bool or value is None:
+            return repr(value)
+        if kind is dict:
+            return self._mapping(value, "{", "}", room, depth)
+        if kind is list:
+            return self._sequence(value, len(value), "[", "]", room, depth, True)
+        if kind is tuple:
+            if len(value) == 1:
+                return "(" + self.text(value[0], room - 3, depth + 1) + ",)"
+            return self._sequence(value, len(value), "(", ")", room, depth, True)
+        render = self._by_type.get(kind)
         if render is not None:
             return render(value, room, depth)
         if isinstance(value, BaseException):
             return self._exception(value, room, depth)
-        return f"<{type(value).__name__} object>"
+        return f"<{kind.__name__} object>"
 
     def _int(self, value: int, room: int, depth: int) -> str:
         bits = value.bit_length()
@@ -254,36 +295,32 @@ class Renderer:
             value.start, value.stop, value.step]
         return "range(" + ", ".join([self._int(b, room // 3, depth) for b in bounds]) + ")"
 
-    def _list(self, value: list[Any], room: int, depth: int) -> str:
-        return self._sequence(value, len(value), "[", "]", room, depth, True)
-
-    def _tuple(self, value: tuple[Any, ...], room: int, depth: int) -> str:
-        if len(value) == 1:
-            return "(" + self.text(value[0], room - 3, depth + 1) + ",)"
-        return self._sequence(value, len(value), "(", ")", room, depth, True)
-
     def _sequence(
         self, value: list[Any] | tuple[Any, ...], size: int, opening: str, closing: str,
         room: int, depth: int, whole: bool = False,
     ) -> str:
-        """The items of `value` (the first `max_items` are looked at) between `opening`
-        and `closing`, for a container of `size` items. `whole`: the repr of `value`
-        itself has that form, so C may write it in one go."""
+        """The first items of `value` between `opening` and `closing`, for a container
+        of `size` items. `whole`: `repr` of a list or tuple of the items has that form,
+        so C may write it in one go."""
         if not size:
             return opening + closing
         if depth >= self.max_depth:
             return f"{opening}{_more(size)}{closing}"
-        head = value if len(value) <= self.max_items else value[: self.max_items]
-        texts = self._flat(head, room)
-        if texts is not None:
-            return _join(texts, size, opening, closing, room)
+        limit = self.max_items if not depth else self._nested_items
+        head = value if len(value) <= limit else value[:limit]
+        kinds = {*map(type, head)}
+        if kinds <= _FLAT and (str not in kinds or _short(head, kinds, room)):
+            try:
+                if whole:
+                    text = repr(head)
+                    if len(head) < size:
+                        text = f"{text[:-1]}, {_more(size)}{closing}"
+                    if len(text) <= room:
+                        return text
+                return _join([*map(repr, head)], size, opening, closing, room)
+            except ValueError:  # an int too long for decimal conversion
+                pass
         return self._items(head, size, opening, closing, room, depth)
-
-    def _dict(self, value: dict[Any, Any], room: int, depth: int) -> str:
-        return self._mapping(value, "{", "}", room, depth)
-
-    def _mappingproxy(self, value: types.MappingProxyType[Any, Any], room: int, depth: int) -> str:
-        return self._mapping(value, "mappingproxy({", "})", room, depth)
 
     def _mapping(
         self, value: dict[Any, Any] | types.MappingProxyType[Any, Any], opening: str,
@@ -294,17 +331,35 @@ class Renderer:
             return opening + closing
         if depth >= self.max_depth:
             return f"{opening}{_more(size)}{closing}"
-        if size <= self.max_items:
+        limit = self.max_items if not depth else self._nested_items
+        if size <= limit:
             keys, values = [*value], [*value.values()]
         else:
-            keys = [*islice(value, self.max_items)]
-            values = [*islice(value.values(), self.max_items)]
-        key_texts = self._flat(keys, room)
-        value_texts = None if key_texts is None else self._flat(values, room)
-        if key_texts is not None and value_texts is not None:
-            return _join([*map(_pair, key_texts, value_texts)], size, opening, closing, room)
+            keys, values = [*islice(value, limit)], [*islice(value.values(), limit)]
+        key_kinds = {*map(type, keys)}
+        value_kinds = {*map(type, values)}
+        if (
+            key_kinds <= _FLAT
+            and value_kinds <= _FLAT
+            and (str not in key_kinds or _short(keys, key_kinds, room))
+            and (str not in value_kinds or _short(values, value_kinds, room))
+        ):
+            try:
+                if opening == "{":
+                    text = repr(value if size <= limit else dict(zip(keys, values, strict=True)))
+                    if size > limit:
+                        text = f"{text[:-1]}, {_more(size)}}}"
+                    if len(text) <= room:
+                        return text
+                texts = [*map(_pair, map(repr, keys), map(repr, values))]
+                return _join(texts, size, opening, closing, room)
+            except ValueError:  # an int too long for decimal conversion
+                pass
         pairs = zip(keys, values, strict=True)
         return self._items(pairs, size, opening, closing, room, depth, pairs=True)
+
+    def _mappingproxy(self, value: types.MappingProxyType[Any, Any], room: int, depth: int) -> str:
+        return self._mapping(value, "mappingproxy({", "})", room, depth)
 
     def _set(self, value: set[Any] | frozenset[Any], room: int, depth: int) -> str:
         size = len(value)
@@ -329,16 +384,6 @@ class Renderer:
         if len(args) == 1:
             return f"{name}({self.text(args[0], room - len(name) - 2, depth + 1)})"
         return self._sequence(args, len(args), name + "(", ")", room, depth)
-
-    def _flat(self, items: list[Any] | tuple[Any, ...], room: int) -> list[str] | None:
-        """The reprs of `items`, written by C, if all are short scalars; else None."""
-        kinds = {*map(type, items)}
-        if not kinds <= _FLAT or (str in kinds and not _short(items, kinds, room)):
-            return None
-        try:
-            return [*map(repr, items)]
-        except ValueError:  # an int too long for decimal conversion
-            return None
 
     def _items(
         self, items: Iterable[Any], size: int, opening: str, closing: str, room: int,
@@ -426,10 +471,6 @@ def _more(size: int) -> str:
     return f"… ({size} item{'' if size == 1 else 's'})"
 
 
-def _plain(value: object, room: int, depth: int) -> str:
-    return repr(value)
-
-
 def _class(value: type, room: int, depth: int) -> str:
     return f"<class '{value.__name__}'>"
 
@@ -506,7 +547,10 @@ class EventBatch(Sequence[TraceEvent]):
         self._table = table
         self._sites = sites
         self._values = values
-        self._texts, self._names = (None, {}) if rendered is None else rendered
+        self._texts: list[str] | None = None
+        self._names: dict[int, str] = {}
+        if rendered is not None:
+            self._texts, self._names = rendered
         self._extra = extra
         self._renderer = renderer
         self._start = 0
@@ -617,6 +661,7 @@ class Tracer:
             (site.kind, site.line, site.col, site.end_line, site.end_col, site.text)
             for site in sites
         ]
+        self._summarized = frozenset(k for k, site in enumerate(sites) if site.summarize)
         self._has_values = any(site.kind == "expr" for site in sites)
         self._seq = start_seq
         """The seq of the last event flushed."""
@@ -631,8 +676,15 @@ class Tracer:
         self,
     ) -> tuple[Callable[[int, Any], Any], Callable[[int], None], Callable[[int], None]]:
         buffer = self._buffer
-        capture = self.renderer.capture
+        renderer = self.renderer
+        summarized = self._summarized
         deferred = DEFERRED_TYPES
+
+        def capture(k: int, value: Any) -> tuple[str, str]:
+            if k in summarized:
+                return renderer.summary(value)
+            return renderer.capture(value)
+
         spill = self._spill
         capacity = 2 * self.batch_size
 
@@ -645,7 +697,7 @@ class Tracer:
                 buffer.append(value)
             else:
                 buffer.append(k)
-                buffer.append(capture(value))
+                buffer.append(capture(k, value))
             if len(buffer) >= capacity:
                 spill()
             return value
@@ -687,6 +739,14 @@ class Tracer:
     def steps(self) -> int:
         """Hook calls so far (including `start_steps`)."""
         return self._steps + len(self._buffer) // 2 - len(self._extra)
+
+    def resume_at(self, seq: int, steps: int) -> None:
+        """Continue the numbering from a snapshot: the next event gets `seq + 1` and
+        the step count is `steps`. Events recorded before are delivered first."""
+        self.flush()
+        self._seq = seq
+        self._steps = steps
+        self._update_capacity()
 
     @property
     def pending(self) -> int:

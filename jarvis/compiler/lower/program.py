@@ -125,8 +125,11 @@ class _BoxRewriter(ast.NodeTransformer):
         defining = self.scopes.resolution.get(id(node))
         if defining is None or (id(defining.node), node.id) not in self.boxed:
             return node
+        # A closure reads the variable as a free variable (another error when unbound).
+        free = isinstance(node.ctx, ast.Load) and self.scopes.home[id(node)] is not defining
         return ast.copy_location(
-            ast.Attribute(value=name(_box(node.id)), attr="value", ctx=node.ctx), node)
+            ast.Attribute(value=name(_box(node.id)), attr="free" if free else "value",
+                          ctx=node.ctx), node)
 
 
 @dataclass
@@ -224,7 +227,8 @@ def lower_program(tree: ast.Module) -> LoweredProgram:
             params = set(scope.params)
             inits: list[ast.stmt] = [
                 ast.Assign(targets=[name(_box(v), store=True)],
-                           value=call("_jv_Cell", name(v)) if v in params else call("_jv_Cell"))
+                           value=call("_jv_Cell", const(v), name(v)) if v in params
+                           else call("_jv_Cell", const(v)))
                 for v in own_boxes
             ]
             defining = scope.parent

@@ -1,0 +1,92 @@
+"""The channel between a host and the child process that runs a program.
+
+The child runs untrusted code, so nothing it sends is unpickled by the host: a frame is
+a JSON header and an optional binary blob (journal payloads and snapshots travel as
+bytes, trace events as JSON). Frames are length-prefixed:
+
+    u32 header length | u32 blob length | header (UTF-8 JSON) | blob
+
+Requests from the child carry `op`; the host answers each with `ok` (and a result) or
+`error`. The protocol is synchronous and in order, one request at a time, so the child
+needs no thread to read its answers. Trace events are delivered in the Tracer's batches,
+so a traced program costs one round trip per batch, not per event.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+from typing import Any
+
+_LENGTHS = struct.Struct(">II")
+MAX_HEADER_BYTES = 64 << 20
+MAX_BLOB_BYTES = 256 << 20
+
+
+class ChannelClosed(EOFError):
+    """The other side went away (exited, was killed, or closed the channel)."""
+
+
+class ChannelError(RuntimeError):
+    """A malformed frame: the other side does not speak this protocol (or lies)."""
+
+
+class Channel:
+    """One end of a connected stream socket, speaking frames."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._reader = sock.makefile("rb", buffering=1 << 16)
+
+    def send(self, header: dict[str, Any], blob: bytes = b"") -> None:
+        data = json.dumps(header, separators=(",", ":"), ensure_ascii=False,
+                          allow_nan=False).encode("utf-8")
+        try:
+            self.sock.sendall(_LENGTHS.pack(len(data), len(blob)) + data + blob)
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise ChannelClosed(str(exc)) from exc
+
+    def receive(self) -> tuple[dict[str, Any], bytes]:
+        prefix = self._read(_LENGTHS.size)
+        header_length, blob_length = _LENGTHS.unpack(prefix)
+        if header_length > MAX_HEADER_BYTES or blob_length > MAX_BLOB_BYTES:
+            raise ChannelError(f"frame too large ({header_length} + {blob_length} bytes)")
+        try:
+            header = json.loads(self._read(header_length).decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise ChannelError(f"malformed frame header: {exc}") from exc
+        if not isinstance(header, dict):
+            raise ChannelError("a frame header must be a JSON object")
+        blob = self._read(blob_length) if blob_length else b""
+        return header, blob
+
+    def request(self, header: dict[str, Any], blob: bytes = b"") -> tuple[dict[str, Any], bytes]:
+        """Send a request and wait for its answer; an `error` answer raises."""
+        self.send(header, blob)
+        answer, data = self.receive()
+        if "error" in answer:
+            raise RemoteError(str(answer.get("type", "Error")), str(answer["error"]))
+        return answer, data
+
+    def _read(self, count: int) -> bytes:
+        try:
+            data = self._reader.read(count)
+        except (ConnectionResetError, OSError) as exc:
+            raise ChannelClosed(str(exc)) from exc
+        if data is None or len(data) < count:
+            raise ChannelClosed("the channel closed mid-frame" if data else "the channel closed")
+        return bytes(data)
+
+    def close(self) -> None:
+        self._reader.close()
+        self.sock.close()
+
+
+class RemoteError(Exception):
+    """An error the other side reported, by its type name and message."""
+
+    def __init__(self, type_name: str, message: str) -> None:
+        super().__init__(message)
+        self.type_name = type_name
+        self.message = message

@@ -1,0 +1,233 @@
+"""The child side of an isolated execution: run one program, ask the host for the rest.
+
+Started as `python -m jarvis.runtime.child FD` with one end of a socket pair as FD. The
+child compiles and runs the program in a Machine whose every outside effect is a
+request on the channel: journal appends, snapshots, trace batches and Book calls are
+performed by the host, which holds the files, the keys and the network. The child
+unpickles only the snapshot the host verified before sending it, and exits after one
+execution, so nothing of one execution survives into another.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from jarvis.runtime.channel import Channel, RemoteError
+from jarvis.runtime.errors import BookError
+from jarvis.runtime.interrupt import Stopped, interrupt_main
+
+_RECORD = struct.Struct(">I")
+
+
+def split_records(blob: bytes) -> list[bytes]:
+    """Records packed as u32 length + bytes, one after the other."""
+    records, offset = [], 0
+    while offset < len(blob):
+        (length,) = _RECORD.unpack_from(blob, offset)
+        offset += _RECORD.size
+        records.append(blob[offset: offset + length])
+        offset += length
+    return records
+
+
+def pack_records(records: Sequence[bytes]) -> bytes:
+    return b"".join(_RECORD.pack(len(r)) + r for r in records)
+
+
+class ChannelJournal:
+    """The journal as the child sees it: the tail it was given, appends go to the host."""
+
+    def __init__(self, channel: Channel, first: int, tail: list[bytes]) -> None:
+        self.channel = channel
+        self.first = first
+        self.records = tail
+
+    @property
+    def count(self) -> int:
+        return self.first + len(self.records)
+
+    def append(self, payload: bytes) -> int:
+        self.channel.request({"op": "journal"}, payload)
+        self.records.append(payload)
+        return self.count - 1
+
+    def record(self, index: int) -> bytes:
+        return self.records[index - self.first]
+
+
+class ChannelSnapshots:
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+
+    def save(self, payload: bytes, effect_count: int, counters: dict[str, int]) -> None:
+        self.channel.request({"op": "snapshot", "effects": effect_count,
+                              "counters": counters}, payload)
+
+
+class ChannelSink:
+    """Trace batches go to the host, which delivers them to its sinks."""
+
+    def __init__(self, channel: Channel, last_delivered: int) -> None:
+        self.channel = channel
+        self.last_delivered = last_delivered
+
+    def deliver(self, events: Sequence[Any]) -> None:
+        fresh = [e.to_json() for e in events if e.seq > self.last_delivered]
+        if fresh:
+            self.channel.request({"op": "trace", "events": fresh})
+            self.last_delivered = fresh[-1]["seq"]
+
+    def close(self) -> None:
+        pass
+
+
+class ChannelBook:
+    def __init__(self, channel: Channel, name: str) -> None:
+        self.channel = channel
+        self.name = name
+
+    def call(self, procedure: str, args: list[Any], kwargs: dict[str, Any],
+             idempotency_key: str) -> Any:
+        self.channel.send({"op": "book", "book": self.name, "procedure": procedure,
+                           "args": args, "kwargs": kwargs, "key": idempotency_key})
+        answer, _ = self.channel.receive()
+        if "book_error" in answer:
+            failure = answer["book_error"]
+            raise BookError(self.name, procedure, str(failure["type"]),
+                            str(failure["message"]), failure.get("status"))
+        if "error" in answer:
+            raise RemoteError(str(answer.get("type", "Error")), str(answer["error"]))
+        return answer.get("result")
+
+
+class ChannelBooks:
+    """The Book registry as the child sees it: every call is performed by the host."""
+
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+
+    def get(self, name: str) -> ChannelBook:
+        return ChannelBook(self.channel, name)
+
+
+_STOP = threading.Event()
+_GRACE_SECONDS = [2.0]
+
+
+def _on_term(signum: int, frame: object) -> None:
+    """SIGTERM: stop at the next effect (with a snapshot); after a grace, interrupt."""
+    if _STOP.is_set():
+        interrupt_main(Stopped)
+        return
+    _STOP.set()
+    grace = threading.Timer(_GRACE_SECONDS[0], interrupt_main, args=(Stopped,))
+    grace.daemon = True
+    grace.start()
+
+
+def serve(channel: Channel) -> int:
+    """Run the one execution the host starts on `channel`."""
+    # Imported here: a pre-started child waits for its start message as early as
+    # possible, and the imports are what it does while waiting in a pool.
+    from jarvis.compiler import Compilation
+    from jarvis.runtime.machine import Machine, MachineLimits, SnapshotPolicy
+    from jarvis.runtime.trace import Tracer
+
+    start, blob = channel.receive()
+    if start.get("op") != "start":
+        return 2
+    _GRACE_SECONDS[0] = float(start.get("stop_grace", 2.0))
+    stop = _STOP
+    snapshot_length = int(start.get("snapshot_length", 0))
+    snapshot = blob[:snapshot_length] if snapshot_length else None
+    tail = split_records(blob[snapshot_length:])
+    compilation = Compilation.of(start["source"], start["path"])
+    program = compilation.program(start["trace"])
+    limits = start["limits"]
+    tracer = Tracer(start["execution_id"], program.trace_sites,
+                    ChannelSink(channel, int(start.get("last_delivered", 0))),
+                    max_steps=limits.get("max_steps"))
+    journal = ChannelJournal(channel, int(start["journal_first"]), tail)
+    machine = Machine(
+        program,
+        execution_id=start["execution_id"],
+        inputs=start["inputs"],
+        books=ChannelBooks(channel),  # type: ignore[arg-type]
+        effects=journal,
+        tracer=tracer,
+        snapshots=ChannelSnapshots(channel),
+        policy=SnapshotPolicy(start["snapshot_every_effects"], start["snapshot_every_seconds"]),
+        limits=MachineLimits(
+            max_recursion_depth=limits["max_recursion_depth"],
+            max_book_calls=limits["max_book_calls"],
+            max_output_bytes=limits["max_output_bytes"],
+            max_seconds=limits.get("max_seconds"),
+        ),
+        clock=time.time,
+        wait=time.sleep,
+        stop_requested=stop.is_set,
+    )
+    if snapshot is not None:
+        machine.restore(snapshot)
+    else:
+        machine.start_fresh()
+    try:
+        outcome = machine.run()
+    except Stopped:  # a stop that arrived outside the program's own run
+        outcome = machine.stopped_outcome()
+    error: dict[str, Any] | None = None
+    if outcome.error is not None:
+        where = outcome.location
+        error = {
+            "type": type(outcome.error).__name__,
+            "message": str(outcome.error),
+            "limit": getattr(outcome.error, "limit", None),
+            "line": where.line if where else None,
+            "col": where.col if where else None,
+            "end_line": where.end_line if where else None,
+            "end_col": where.end_col if where else None,
+        }
+    channel.send({"op": "outcome", "status": outcome.status, "outputs": outcome.outputs,
+                  "error": error, "counters": outcome.counters})
+    return 0
+
+
+def _die_with_host() -> None:
+    """Ask Linux to kill this process when its host dies: an execution must never go
+    on running unobserved (its effects could not be journaled anyway)."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() == 1:  # the host died before the request took effect
+            os._exit(1)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # First of all, so that a stop sent while the interpreter still imports is kept.
+    signal.signal(signal.SIGTERM, _on_term)
+    _die_with_host()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    args = list(sys.argv[1:] if argv is None else argv)
+    sock = socket.socket(fileno=int(args[0]))
+    channel = Channel(sock)
+    try:
+        return serve(channel)
+    finally:
+        channel.close()
+
+
+if __name__ == "__main__":
+    os.environ.pop("PYTHONSTARTUP", None)
+    raise SystemExit(main())
