@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from spygen import spy_programs, write_book_registry
 
 from jarvis.compiler import Compilation
 from jarvis.compiler.compiled import CompiledProgram
@@ -29,7 +30,6 @@ from jarvis.runtime.books import Book, BookRegistry, to_json_value
 from jarvis.runtime.effects_log import MemoryEffects
 from jarvis.runtime.machine import Machine
 from jarvis.runtime.reference import run_reference
-from spygen import spy_programs, write_book_registry
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC_DIR = ROOT / "tests" / "spec"

@@ -21,10 +21,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from jarvis.runtime.reference import run_reference
 from jarvis.compiler import RULES, Compilation, Diagnostic
 from jarvis.compiler.source import MAX_SOURCE_BYTES, Source
 from jarvis.compiler.syntax import MAX_DEPTH
+from jarvis.runtime.reference import run_reference
 
 TIME_LIMIT = 10.0
 """Seconds a pathological input may take: a guard against hangs, not a benchmark."""

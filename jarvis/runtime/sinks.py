@@ -59,26 +59,6 @@ class NullSink:
         pass
 
 
-class FanOutSink:
-    """Delivers every batch to several sinks (each drops what it already has)."""
-
-    def __init__(self, sinks: Sequence[Sink]) -> None:
-        self.sinks = list(sinks)
-
-    @property
-    def last_delivered(self) -> int:
-        """The highest seq that every sink has."""
-        return min((sink.last_delivered for sink in self.sinks), default=0)
-
-    def deliver(self, events: Sequence[TraceEvent]) -> None:
-        for sink in self.sinks:
-            sink.deliver(events)
-
-    def close(self) -> None:
-        for sink in self.sinks:
-            sink.close()
-
-
 class MemorySink:
     """Keeps every delivered event in `events`, in order."""
 

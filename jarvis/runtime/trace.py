@@ -740,14 +740,6 @@ class Tracer:
         """Hook calls so far (including `start_steps`)."""
         return self._steps + len(self._buffer) // 2 - len(self._extra)
 
-    def resume_at(self, seq: int, steps: int) -> None:
-        """Continue the numbering from a snapshot: the next event gets `seq + 1` and
-        the step count is `steps`. Events recorded before are delivered first."""
-        self.flush()
-        self._seq = seq
-        self._steps = steps
-        self._update_capacity()
-
     @property
     def pending(self) -> int:
         """Events recorded and not yet delivered."""
