@@ -130,7 +130,7 @@ def test_sigterm_suspends_with_exit_3_and_the_same_id_resumes(in_tmp: Path) -> N
                              env=dict(os.environ))
     time.sleep(1.2)
     child.send_signal(signal.SIGTERM)
-    out, err = child.communicate(timeout=30)
+    _, err = child.communicate(timeout=30)
     assert child.returncode == 3, err
     assert "--execution-id slow" in err
     assert list((in_tmp / "state" / "executions" / "slow" / "snapshots").iterdir())

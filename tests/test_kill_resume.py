@@ -55,7 +55,8 @@ class Child:
         command = [
             sys.executable, "-m", "jarvis.cli.main", "run", str(self.tmp / "prog.spy"),
             "--books", str(self.tmp / "books.toml"), "--execution-id", self.execution_id,
-            "--state-dir", str(self.tmp / "state"), "--log", str(self.tmp / f"{self.execution_id}.jsonl"),
+            "--state-dir", str(self.tmp / "state"),
+            "--log", str(self.tmp / f"{self.execution_id}.jsonl"),
             "--quiet", "--trace", "statements",
         ]
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -95,7 +96,9 @@ def serve(server: BookServer, child: Child, kill_at: int | None) -> None:
     server.procedure("note", lambda text: counted(len(text)))
 
 
-def run_once(workdir: Path, execution_id: str, kill_at: int | None) -> tuple[dict[str, Any], str, list[str]]:
+def run_once(
+    workdir: Path, execution_id: str, kill_at: int | None
+) -> tuple[dict[str, Any], str, list[str]]:
     child = Child(workdir, execution_id)
     with BookServer() as server:
         serve(server, child, kill_at)

@@ -24,9 +24,9 @@ from jarvis.compiler import Compilation
 from jarvis.runtime.books import BookRegistry
 from jarvis.runtime.errors import RuntimeSetupError
 from jarvis.runtime.execution import Execution, error_type_name
-from jarvis.runtime.interrupt import interrupt_main
+from jarvis.runtime.interrupt import Stopped, interrupt_main
 from jarvis.runtime.isolation import ChildPool
-from jarvis.runtime.machine import Outcome, Stopped
+from jarvis.runtime.machine import Outcome
 from jarvis.runtime.sinks import ConsoleSink, FanOutSink, JsonlSink, NullSink, Sink
 from jarvis.runtime.statedir import StateError
 from jarvis.settings import load_settings

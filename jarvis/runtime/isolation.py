@@ -65,7 +65,7 @@ class ChildProcess:
     def __init__(self) -> None:
         host_end, child_end = socket.socketpair()
         self.workdir = tempfile.mkdtemp(prefix="jarvis-child-")
-        self.log: IO[bytes] = tempfile.TemporaryFile()
+        self.log: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "jarvis.runtime.child", str(child_end.fileno())],
             pass_fds=(child_end.fileno(),),
