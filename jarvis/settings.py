@@ -165,3 +165,82 @@ def load_settings(**overrides: Any) -> EngineSettings:
     `load_settings(limits={"max_steps": 10})` keeps `JARVIS_LIMITS__MAX_SECONDS`.
     """
     return EngineSettings(**overrides)
+
+
+class KafkaSettings(BaseModel):
+    """Where the worker's topics live."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    bootstrap_servers: str = Field(default="127.0.0.1:9092",
+                                   description="Kafka bootstrap servers, comma-separated.")
+    group_id: str = Field(default="jarvis-workers", description="The workers' consumer group.")
+    control_topic: str = Field(default="spy_control", description="Start and stop commands.")
+    status_topic: str = Field(default="spy_status", description="Status events.")
+    logs_topic: str = Field(default="spy_logs", description="Trace events, line protocol.")
+    metrics_topic: str = Field(default="spy_metrics", description="Worker metrics, line protocol.")
+    dlq_topic: str = Field(default="spy_control.dlq",
+                           description="Commands that failed validation, with the reason.")
+    max_command_bytes: int = Field(default=2 << 20, ge=1024,
+                                   description="Larger control messages are refused.")
+    extra: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra librdkafka settings (security.protocol, sasl.*, ...).",
+    )
+
+
+class RedisSettings(BaseModel):
+    """Where leases, stop requests and execution status live."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    url: str = Field(default="redis://127.0.0.1:6379/0", description="The Redis URL.")
+    lease_seconds: float = Field(default=15.0, gt=0,
+                                 description="A lease lapses this long after its last renewal.")
+
+
+class S3Settings(BaseModel):
+    """Object storage for large artifacts and programs referenced by key."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    endpoint_url: str | None = Field(default=None,
+                                     description="S3-compatible endpoint; None for AWS.")
+    bucket: str | None = Field(default=None,
+                               description="The bucket; without one, artifacts stay local.")
+    prefix: str = Field(default="jarvis/", description="Key prefix for everything written.")
+    region: str = Field(default="us-east-1", description="The bucket's region.")
+    server_side_encryption: str | None = Field(
+        default=None, description="AES256 or aws:kms; None for the bucket's default.")
+    kms_key_id: str | None = Field(default=None, description="KMS key for aws:kms.")
+    presign_seconds: int = Field(default=3600, ge=1,
+                                 description="Lifetime of presigned GET URLs.")
+    inline_bytes: int = Field(
+        default=64 << 10, ge=0,
+        description="Values larger than this in outputs and trace events go to storage.")
+
+
+class WorkerSettings(EngineSettings):
+    """Settings of `jarvis worker`: the engine's, plus Kafka, Redis, S3 and the pool."""
+
+    worker_id: str | None = Field(default=None,
+                                  description="This worker's id; defaults to host-pid.")
+    books_file: Path | None = Field(default=None,
+                                    description="The Book registry (TOML) the worker serves.")
+    max_concurrency: int = Field(default=4, ge=1,
+                                 description="Executions run at once, each in its own process.")
+    heartbeat_file: Path = Field(default=Path("/tmp/jarvis-heartbeat.json"),
+                                 description="Where the worker writes its health.")
+    heartbeat_seconds: float = Field(default=5.0, gt=0,
+                                     description="How often the heartbeat is written.")
+    shutdown_grace_seconds: float = Field(
+        default=25.0, gt=0,
+        description="On SIGTERM, how long running executions get to snapshot and stop.")
+    kafka: KafkaSettings = Field(default_factory=lambda: KafkaSettings())
+    redis: RedisSettings = Field(default_factory=lambda: RedisSettings())
+    s3: S3Settings = Field(default_factory=lambda: S3Settings())
+
+
+def load_worker_settings(**overrides: Any) -> WorkerSettings:
+    """The worker's settings from the environment; keyword arguments win over it."""
+    return WorkerSettings(**overrides)

@@ -9,6 +9,9 @@ from collections.abc import Sequence
 _SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "compile": ("jarvis.cli.compile", "check SPy programs (same as jarvis-compile)"),
     "run": ("jarvis.cli.run", "run a SPy program locally as a durable execution"),
+    "worker": ("jarvis.cli.worker", "consume spy_control and run executions"),
+    "health": ("jarvis.cli.health", "exit 0 if the local worker is healthy"),
+    "control": ("jarvis.cli.control", "send start/stop commands, follow their status"),
 }
 
 

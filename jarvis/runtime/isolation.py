@@ -112,24 +112,58 @@ class ChildProcess:
 
 
 class ChildPool:
-    """Children started ahead of need; `take()` hands one out and starts a replacement."""
+    """Children started ahead of need; `take()` hands one out and a replacement starts.
+
+    Replacements are started by one long-lived thread of the pool: Linux delivers a
+    child's parent-death signal when the *thread* that forked it ends, so a child must
+    never be forked by a short-lived thread (a run's) and then outlive it in the pool.
+    """
 
     def __init__(self, size: int = 1) -> None:
         self.size = size
-        self.lock = threading.Lock()
-        self.ready: deque[ChildProcess] = deque(ChildProcess() for _ in range(size))
+        self.lock = threading.Condition()
+        self.ready: deque[ChildProcess] = deque()
+        self.wanted = size
+        self.closed = False
+        self.spawner: threading.Thread | None = None
+        if size:
+            self.spawner = threading.Thread(target=self._spawn, name="child-pool",
+                                            daemon=True)
+            self.spawner.start()
+
+    def _spawn(self) -> None:
+        while True:
+            with self.lock:
+                while not self.closed and len(self.ready) >= self.wanted:
+                    self.lock.wait()
+                if self.closed:
+                    return
+            child = ChildProcess()
+            with self.lock:
+                if self.closed:
+                    child.close()
+                    return
+                self.ready.append(child)
+                self.lock.notify_all()
 
     def take(self) -> ChildProcess:
+        """A ready child, or (while none is ready) one started for the caller, which must
+        close it before the calling thread ends."""
         with self.lock:
-            child = self.ready.popleft() if self.ready else ChildProcess()
-            if self.size:
-                self.ready.append(ChildProcess())
-            return child
+            if self.ready:
+                child = self.ready.popleft()
+                self.lock.notify_all()
+                return child
+        return ChildProcess()
 
     def close(self) -> None:
         with self.lock:
+            self.closed = True
+            self.lock.notify_all()
             while self.ready:
                 self.ready.popleft().close()
+        if self.spawner is not None:
+            self.spawner.join(timeout=30)
 
 
 @dataclass
