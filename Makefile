@@ -28,8 +28,19 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+## Install and cache the real servers the integration tests start (docs/testing.md).
+.PHONY: services
+services: $(STAMP)
+	$(BIN)/python scripts/services.py install all
+
+unit: $(STAMP) services
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+## Run the benchmark suite (about 5 minutes on 2 cores); writes docs/performance.md and .json.
+.PHONY: bench
+bench: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python -m bench.run
 
 clean:
 	rm -rf $(VENV) .jarvis .pytest_cache .mypy_cache .ruff_cache

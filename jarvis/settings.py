@@ -183,6 +183,17 @@ class KafkaSettings(BaseModel):
                            description="Commands that failed validation, with the reason.")
     max_command_bytes: int = Field(default=2 << 20, ge=1024,
                                    description="Larger control messages are refused.")
+    session_timeout_ms: int = Field(
+        default=45_000, ge=1000,
+        description=("A worker that sends no heartbeat for this long leaves the group and "
+                     "its partitions move to the others (the broker allows 6000 and up "
+                     "by default)."))
+    heartbeat_interval_ms: int = Field(
+        default=3000, ge=100,
+        description="How often the consumer heartbeats; at most a third of the session timeout.")
+    max_poll_interval_ms: int = Field(
+        default=300_000, ge=1000,
+        description="A worker whose loop does not poll for this long leaves the group.")
     extra: dict[str, str] = Field(
         default_factory=dict,
         description="Extra librdkafka settings (security.protocol, sasl.*, ...).",
@@ -197,6 +208,10 @@ class RedisSettings(BaseModel):
     url: str = Field(default="redis://127.0.0.1:6379/0", description="The Redis URL.")
     lease_seconds: float = Field(default=15.0, gt=0,
                                  description="A lease lapses this long after its last renewal.")
+    reconnect_seconds: float = Field(
+        default=60.0, ge=0,
+        description=("While Redis is unreachable, how long a run waits for it before its "
+                     "writes are refused (its lease cannot be confirmed)."))
 
 
 class S3Settings(BaseModel):
@@ -236,6 +251,9 @@ class WorkerSettings(EngineSettings):
     shutdown_grace_seconds: float = Field(
         default=25.0, gt=0,
         description="On SIGTERM, how long running executions get to snapshot and stop.")
+    metrics_seconds: float = Field(
+        default=15.0, gt=0,
+        description="How often the worker publishes its metrics to the metrics topic.")
     kafka: KafkaSettings = Field(default_factory=lambda: KafkaSettings())
     redis: RedisSettings = Field(default_factory=lambda: RedisSettings())
     s3: S3Settings = Field(default_factory=lambda: S3Settings())

@@ -187,6 +187,8 @@ class _Env:
     depth: int = 0
     frozen: frozenset[str] = frozenset()
     """Dicts being iterated: the block must not add or remove their keys."""
+    current_keys: tuple[tuple[str, str], ...] = ()
+    """(dict, key variable) of the dicts being iterated: the item may change."""
 
     def child(self, **changes: object) -> _Env:
         """A copy for a nested block: what the block adds is not seen after it."""
@@ -329,7 +331,7 @@ class _Writer:
         inner = env.child(
             variables=[replace(v, writable=False) for v in env.variables] + params,
             in_function=True, in_loop=False, in_handler=False, depth=env.depth + 1,
-            frozen=frozenset(),
+            frozen=frozenset(), current_keys=(),
         )
         self.function_body(inner, indent + 1, params)
         env.functions.append(function)
@@ -459,13 +461,15 @@ class _Writer:
         options: list[tuple[int, Callable[[], str]]] = [
             (10, lambda: f"print({self.print_args(env)})"),
             (6, lambda: f'output("o{self.below(4)}", {self.any_expr(env, 2)})'),
-            (12 if ints else 0, lambda: f"{self.pick(ints)} = {self.int_expr(env, 3)}"),
+            (12 if ints else 0, lambda: f"{self.pick(ints)} = {self.int_expr(env, 2)}"),
             (6 if ints else 0, lambda: f"{self.pick(ints)} {self.pick(['+=', '-='])} "
                                        f"{self.int_expr(env, 2)}"),
             (5 if lists else 0, lambda: f"{self.pick(lists)} = {self.list_expr(env, 2)}"),
+            (3 if len(ints) > 1 else 0, lambda: self.unpacking(env, ints, lists)),
             (5 if lists else 0, lambda: self.list_mutation(env, self.pick(lists))),
             (4 if dicts else 0, lambda: f"{self.pick(dicts)} = {self.dict_expr(env, 2)}"),
             (5 if mutable_dicts else 0, lambda: self.dict_mutation(env, self.pick(mutable_dicts))),
+            (4 if env.current_keys else 0, lambda: self.item_update(env)),
             (4 if self.books else 0, lambda: self.pick(["sleep(0)", "checkpoint()"])),
             (4 if self.books else 0, lambda: f"{BOOK_NAME}.mark({self.label()})"),
             (3 if env.functions else 0, lambda: self.call(env, self.pick_function(env), 2)),
@@ -479,6 +483,22 @@ class _Writer:
         text = self.choose(options)
         self.emit(indent, text)
         return text.split(" ", 1)[0] in ("return", "break", "continue", "raise")
+
+    def unpacking(self, env: _Env, ints: list[str], lists: list[str]) -> str:
+        """`a, b = ...`, maybe with a starred list target or an item target."""
+        first, second = self.draw(st.permutations(ints))[:2]
+        if lists and self.shape.errors and self.chance(30):
+            return f"{first}, *{self.pick(lists)}, {second} = {self.list_expr(env, 2)}"
+        if lists and self.chance(20):
+            target = self.pick(lists)
+            second = f"{target}[{self.int_expr(env, 1)} % len({target})]"
+        source = self.choose([
+            (3, lambda: f"{BOOK_NAME}.pair({self.int_expr(env, 1)}, {self.int_expr(env, 1)})"
+             if self.books else f"[{self.int_expr(env, 1)}, {self.int_expr(env, 1)}]"),
+            (2, lambda: f"{self.int_expr(env, 1)}, {self.int_expr(env, 1)}"),
+            (1, lambda: f"{second}, {first}"),
+        ])
+        return f"{first}, {second} = {source}"
 
     def pick_function(self, env: _Env) -> _Function:
         return env.functions[self.below(len(env.functions))]
@@ -505,6 +525,12 @@ class _Writer:
             (1, lambda: f"del {target}[:{self.below(3)}]"),
         ])
 
+    def item_update(self, env: _Env) -> str:
+        """Change the value of a dict being iterated, for an item not reached yet."""
+        mapping, key = env.current_keys[self.below(len(env.current_keys))]
+        return f"{mapping}[{self.pick(_KEYS)} if {self.pick(_KEYS)} in {mapping} else {key}] " \
+               f"= {self.int_expr(env, 2)}"
+
     def dict_mutation(self, env: _Env, target: str) -> str:
         return self.choose([
             (6, lambda: f"{target}[{self.key_expr(env, 1)}] = {self.int_expr(env, 2)}"),
@@ -517,7 +543,7 @@ class _Writer:
         ])
 
     def if_statement(self, env: _Env, indent: int) -> bool:
-        self.emit(indent, f"if {self.condition(env, 3)}:")
+        self.emit(indent, f"if {self.condition(env, 2)}:")
         with self.nested(env) as inner:
             self.block(inner, indent + 1)
         for _ in range(self.below(3)):
@@ -532,6 +558,7 @@ class _Writer:
 
     def for_statement(self, env: _Env, indent: int) -> bool:
         frozen = env.frozen
+        current_keys = env.current_keys
         variables: list[_Var] = []
         kind = self.below(4)
         if kind == 0:
@@ -549,6 +576,7 @@ class _Writer:
             if self.chance(50):
                 self.emit(indent, f"for {key}, {value} in {source}.items():")
                 frozen = frozen | {source}
+                current_keys = (*current_keys, (source, key))
             else:
                 self.emit(indent, f"for {key}, {value} in sorted({source}.items())[:3]:")
             variables += [_Var(key, STR, True), _Var(value, INT, True)]
@@ -557,7 +585,8 @@ class _Writer:
             self.emit(indent, f"for {first}, {second} in enumerate("
                               f"{self.list_expr(env, 2)}[:3]):")
             variables += [_Var(first, INT, True), _Var(second, INT, True)]
-        with self.nested(env, in_loop=True, frozen=frozen) as inner:
+        with self.nested(env, in_loop=True, frozen=frozen,
+                         current_keys=current_keys) as inner:
             inner.variables += variables
             self.block(inner, indent + 1)
         if self.chance(35):
@@ -576,7 +605,8 @@ class _Writer:
         self.emit(indent, f"{counter} = 0")
         env.variables.append(_Var(counter, INT, False))
         if self.chance(50):
-            self.emit(indent, f"while {counter} < {self.below(4)}:")
+            extra = f" and {self.condition(env, 1)}" if self.chance(40) else ""
+            self.emit(indent, f"while {counter} < {self.below(4)}{extra}:")
             self.emit(indent + 1, f"{counter} += 1")
         else:
             self.emit(indent, "while True:")
@@ -636,7 +666,7 @@ class _Writer:
         ]
         inner = env.child(variables=[replace(v, writable=False) for v in env.variables]
                           + [_Var(p, INT, False) for p in params])
-        self.emit(indent, f"{name} = lambda {', '.join(parts)}: {self.int_expr(inner, 3)}")
+        self.emit(indent, f"{name} = lambda {', '.join(parts)}: {self.int_expr(inner, 2)}")
         env.functions.append(_Function(name, params, defaults))
 
     # -- expressions ----------------------------------------------------------------
@@ -688,7 +718,8 @@ class _Writer:
                                         f"{self.key_expr(env, sub, native)}, {operand()})"),
             (1 if dicts and self.shape.errors else 0,
              lambda: f"{self.pick(dicts)}[{self.key_expr(env, sub, native)}]"),
-            (1 if self.shape.errors else 0, lambda: f"({operand()} // ({operand()} - {operand()}))"),
+            (1 if self.shape.errors else 0,
+             lambda: f"({operand()} // ({operand()} - {operand()}))"),
             (2 if lists else 0, lambda: self.generator_sum(env, self.pick(lists))),
             (2 if lists and effectful else 0, lambda: f"sum({self.list_comprehension(env, sub)})"),
             (1 if effectful else 0, lambda: f"len({self.set_comprehension(env, sub)})"),
@@ -846,7 +877,10 @@ class _Writer:
     def keyed_comprehension(self, env: _Env, depth: int) -> str:
         variable = self.fresh("c")
         inner = env.child(variables=[*env.variables, _Var(variable, INT, False)])
-        return (f'{{f"k{{{variable}}}": {self.int_expr(inner, max(depth, 1))} '
+        key = f'f"k{{{variable}}}"'
+        if self.books and self.chance(40):
+            key = f'{BOOK_NAME}.echo("k" + str({variable}))'
+        return (f"{{{key}: {self.int_expr(inner, max(depth, 1))} "
                 f"for {variable} in range({self.below(4)})}}")
 
     def any_expr(self, env: _Env, depth: int) -> str:
@@ -861,12 +895,12 @@ class _Writer:
         parts: list[str] = []
         for _ in range(1 + self.below(3)):
             parts.append(self.pick(["", "=", " ", "-"]))
-            value = self.choose([
-                (4, lambda: (self.int_expr(env, depth), self.pick(["", ":>4", ":03d", "!r"]))),
-                (1, lambda: (self.list_expr(env, depth - 1), self.pick(["", "!r"]))),
-                (1, lambda: (self.dict_expr(env, depth - 1), "")),
-            ])
-            parts.append(f"{{({value[0]}){value[1]}}}")
+            parts.append(self.choose([
+                (4, lambda: f"{{({self.int_expr(env, depth)})"
+                            f"{self.pick(['', ':>4', ':03d', '!r'])}}}"),
+                (1, lambda: f"{{({self.list_expr(env, depth - 1)}){self.pick(['', '!r'])}}}"),
+                (1, lambda: f"{{({self.dict_expr(env, depth - 1)})}}"),
+            ]))
         # Strings inside the replacement fields take the other quote (Python 3.11).
         return 'f"' + "".join(parts).replace('"', "'") + '"'
 

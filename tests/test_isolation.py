@@ -69,7 +69,7 @@ def test_a_killed_child_fails_its_execution_and_the_host_goes_on(
     )
     (tmp_path / "books.toml").write_text('[books.killer]\npython = "killer.py"\n')
     books = BookRegistry.load(tmp_path / "books.toml")
-    child_pid = pool.ready[0].pid
+    child_pid = pool.next_ready().pid
     source = "from books import killer\nkiller.die(pid=inputs['pid'])\noutput('after', 1)\n"
     outcome, _ = execute(tmp_path, source, books, pool, {"pid": child_pid}, "dies")
     assert outcome.status == "failed"

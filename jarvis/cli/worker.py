@@ -8,9 +8,11 @@ and leaves their offsets uncommitted, so they resume on another worker.
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
@@ -26,9 +28,39 @@ from jarvis.worker.loop import WorkerLoop
 from jarvis.worker.programs import ProgramLoader
 from jarvis.worker.runs import Runner
 
+log = logging.getLogger("jarvis.worker")
+
 
 def kafka_config(settings: WorkerSettings) -> dict[str, Any]:
     return {"bootstrap.servers": settings.kafka.bootstrap_servers, **settings.kafka.extra}
+
+
+class _Repeats(logging.Filter):
+    """Lets one record per librdkafka facility and client through every `seconds`:
+    while a broker is away, librdkafka reports every failed connection attempt."""
+
+    def __init__(self, seconds: float = 30.0) -> None:
+        super().__init__()
+        self.seconds = seconds
+        self.last: dict[tuple[str, str], float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        words = record.getMessage().split(" ", 2)
+        key = (words[0], words[1] if len(words) > 1 else "")
+        now = time.monotonic()
+        if now - self.last.get(key, -self.seconds) < self.seconds:
+            return False
+        self.last[key] = now
+        return True
+
+
+def _kafka_log() -> logging.Logger:
+    # librdkafka's own log lines, through logging rather than straight to stderr.
+    kafka_log = logging.getLogger("jarvis.worker.kafka")
+    if not kafka_log.filters:
+        kafka_log.setLevel(logging.WARNING)
+        kafka_log.addFilter(_Repeats())
+    return kafka_log
 
 
 def build(settings: WorkerSettings) -> tuple[WorkerLoop, ChildPool, Any]:
@@ -37,20 +69,25 @@ def build(settings: WorkerSettings) -> tuple[WorkerLoop, ChildPool, Any]:
 
     worker_id = settings.worker_id or worker_identity()
     books = BookRegistry.load(settings.books_file) if settings.books_file else BookRegistry()
+    kafka = settings.kafka
     producer = Producer({
         **kafka_config(settings),
         "compression.type": "lz4",
         "linger.ms": 5,
         "queue.buffering.max.kbytes": 65536,
         "enable.idempotence": True,
+        "logger": _kafka_log(),
     })
     consumer = Consumer({
         **kafka_config(settings),
-        "group.id": settings.kafka.group_id,
+        "group.id": kafka.group_id,
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",
         "partition.assignment.strategy": "cooperative-sticky",
-        "max.poll.interval.ms": 300000,
+        "session.timeout.ms": kafka.session_timeout_ms,
+        "heartbeat.interval.ms": kafka.heartbeat_interval_ms,
+        "max.poll.interval.ms": kafka.max_poll_interval_ms,
+        "logger": _kafka_log(),
     })
     client = redis.Redis.from_url(settings.redis.url, socket_timeout=5,
                                   socket_connect_timeout=5, health_check_interval=10)
@@ -66,13 +103,15 @@ def build(settings: WorkerSettings) -> tuple[WorkerLoop, ChildPool, Any]:
     def on_revoke(_consumer: Any, partitions: list[Any]) -> None:
         loop.revoked(partitions)
 
-    consumer.subscribe([settings.kafka.control_topic], on_revoke=on_revoke)
+    consumer.subscribe([kafka.control_topic], on_revoke=on_revoke, on_lost=on_revoke)
     return loop, pool, client
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "jarvis worker") -> int:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = load_worker_settings()
     except ValueError as exc:
@@ -92,12 +131,15 @@ def main(argv: Sequence[str] | None = None, prog: str = "jarvis worker") -> int:
     signal.signal(signal.SIGINT, on_signal)
     health = HealthReporter(settings, loop, client, Path(settings.heartbeat_file))
     health.start(stop)
-    print(f"jarvis worker {loop.worker_id}: consuming {settings.kafka.control_topic} from "
-          f"{settings.kafka.bootstrap_servers}", file=sys.stderr)
+    log.info("worker %s: consuming %s from %s", loop.worker_id, settings.kafka.control_topic,
+             settings.kafka.bootstrap_servers)
+    if settings.uses_development_key:
+        log.warning("JARVIS_HMAC_KEYS is not set: state is signed with the public "
+                    "development key")
     try:
         loop.run(stop)
     finally:
         loop.consumer.close()
         pool.close()
-    print(f"jarvis worker {loop.worker_id}: stopped", file=sys.stderr)
+    log.info("worker %s: stopped", loop.worker_id)
     return 0

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import ast
 import hashlib
-import warnings
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -30,6 +29,7 @@ from jarvis.compiler.language import LANGUAGE_VERSION
 from jarvis.compiler.lower.anf import SuspensionSite
 from jarvis.compiler.lower.program import LoweredProgram, lower_program
 from jarvis.compiler.resolve import BookCall, resolve
+from jarvis.compiler.restrict import restricted_compile
 from jarvis.compiler.source import Source, load_source
 from jarvis.compiler.syntax import parse
 from jarvis.compiler.trace import TraceLevel, instrument
@@ -151,9 +151,7 @@ class Compilation:
             return cached
         instrumented, trace_sites = instrument(self.tree, source, trace)
         lowered = lower_program(bound_operations(instrumented))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            code = compile(lowered.module, source.path, "exec", dont_inherit=True)
+        code = restricted_compile(lowered.module, source.path)
         sites = [
             SuspensionSite(s.line, source.char_col(s.line, s.col), s.end_line,
                            source.char_col(s.end_line, s.end_col))

@@ -37,6 +37,7 @@ import copy
 import io
 import tokenize
 from bisect import bisect_left
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -48,8 +49,20 @@ TraceLevel = Literal["full", "statements", "off"]
 EXPR_HOOK = "_jv_t"
 """The runtime name of the expression hook: `_jv_t(K, value) -> value`."""
 
+LOOP_EXPR_HOOK = "_jv_c"
+"""The expression hook for expressions that can run many times within one statement:
+the element, conditions and inner iterables of comprehensions and generator
+expressions, and lambda bodies. It also checks the event buffer and the step limit,
+which `_jv_t` leaves to the next statement hook (see `jarvis.runtime.trace`)."""
+
 STMT_HOOK = "_jv_s"
 """The runtime name of the statement hook: `_jv_s(K) -> None`."""
+
+FIRST_EXPR_HOOK = "_jv_f"
+"""At level "full", the statement hook and the hook of the statement's first
+expression in one call, `_jv_f(Ks, K, value) -> value`, used when nothing observable
+happens between the two (the first expression is a name, say). It saves a call per
+statement; the events are the same, in the same order."""
 
 MAX_SITE_TEXT = 200
 """Site texts longer than this are clipped and end with "…"."""
@@ -77,9 +90,10 @@ class Site:
     end_col: int
     text: str
     summarize: bool = False
-    """The expression is the container of a subscript (`d` in `d[k]`) or the receiver
-    of a method call (`xs` in `xs.append(x)`): the program uses an item or a method,
-    not the whole value, so a container value is shown by its size only."""
+    """The expression is the container of a subscript (`d` in `d[k]`) or of a
+    membership test (`d` in `k in d`), or the receiver of a method call (`xs` in
+    `xs.append(x)`): the program uses one item or a method, not the whole value, so a
+    container value is shown by its size only."""
 
 
 def instrument(
@@ -134,6 +148,9 @@ class _Instrumenter:
         self.expressions = expressions
         self.books = books
         self.sites: list[Site] = []
+        self.repeated = 0
+        """How deep the walk is inside code that repeats within one statement
+        (comprehension bodies, lambda bodies)."""
         self._colons: list[tuple[int, int]] | None = None
 
     # -- sites --------------------------------------------------------------------
@@ -231,7 +248,8 @@ class _Instrumenter:
             return self.inner(node)
         k = self.site("expr", node, summarize)
         inner = self.inner(node)
-        call = ast.Call(ast.Name(EXPR_HOOK, ast.Load()), [ast.Constant(k), inner], [])
+        hook = LOOP_EXPR_HOOK if self.repeated else EXPR_HOOK
+        call = ast.Call(ast.Name(hook, ast.Load()), [ast.Constant(k), inner], [])
         for new in (call, call.func, call.args[0]):
             ast.copy_location(new, node)
         return call
@@ -247,9 +265,26 @@ class _Instrumenter:
             if docstring and index == 0 and _is_docstring(statement):
                 out.append(statement)
                 continue
-            out.append(self.statement_hook(statement))
-            out.append(self.statement(statement))
+            hook = self.statement_hook(statement)
+            statement = self.statement(statement)
+            if not (self.expressions and self.fold(hook, statement)):
+                out.append(hook)
+            out.append(statement)
         return out
+
+    def fold(self, hook: ast.stmt, statement: ast.stmt) -> bool:
+        """Merge the statement hook into the statement's first expression hook, when
+        nothing observable happens between the two: `_jv_t(K, x)` becomes
+        `_jv_f(Ks, K, x)`, which records both events. True if it did."""
+        if isinstance(statement, ast.While):
+            return False  # its test runs again at every iteration
+        first = _first_hook(_evaluated_first(statement))
+        if not isinstance(first, ast.Call):
+            return False
+        assert isinstance(hook, ast.Expr) and isinstance(hook.value, ast.Call)
+        first.func = ast.copy_location(ast.Name(FIRST_EXPR_HOOK, ast.Load()), first.func)
+        first.args.insert(0, ast.copy_location(hook.value.args[0], first.args[0]))
+        return True
 
     def statement(self, node: ast.stmt) -> ast.stmt:
         if isinstance(node, ast.FunctionDef):
@@ -364,7 +399,10 @@ class _Instrumenter:
             node.values = self.elements(node.values)
         elif isinstance(node, ast.Compare):
             node.left = self.traced(node.left)
-            node.comparators = self.elements(node.comparators)
+            node.comparators = [
+                self.traced(right, summarize=isinstance(op, (ast.In, ast.NotIn)))
+                for op, right in zip(node.ops, node.comparators, strict=True)
+            ]
         elif isinstance(node, ast.IfExp):
             node.test = self.traced(node.test)
             node.body = self.traced(node.body)
@@ -382,14 +420,18 @@ class _Instrumenter:
             node.step = None if node.step is None else self.traced(node.step)
         elif isinstance(node, ast.Lambda):
             self.arguments(node.args)
+            self.repeated += 1
             node.body = self.traced(node.body)
+            self.repeated -= 1
         elif isinstance(node, (ast.ListComp, ast.SetComp, ast.GeneratorExp)):
             self.generators(node.generators)
             node.elt = self.traced(node.elt)
+            self.repeated -= 1
         elif isinstance(node, ast.DictComp):
             self.generators(node.generators)
             node.key = self.traced(node.key)
             node.value = self.traced(node.value)
+            self.repeated -= 1
         elif isinstance(node, ast.JoinedStr):
             for part in node.values:
                 if isinstance(part, ast.FormattedValue):
@@ -401,9 +443,122 @@ class _Instrumenter:
         return node
 
     def generators(self, generators: list[ast.comprehension]) -> None:
-        # Visited in evaluation order: the first iterable runs in the enclosing scope,
-        # then each target, iterable and condition per item.
-        for generator in generators:
+        """The generators of a comprehension, in evaluation order: the first iterable
+        runs once, in the enclosing scope; everything after it runs per item. Leaves
+        the walk inside the repeated part (the caller does the element and leaves)."""
+        for index, generator in enumerate(generators):
             generator.iter = self.traced(generator.iter)
+            if index == 0:
+                self.repeated += 1
             generator.target = self.target(generator.target)
             generator.ifs = self.elements(generator.ifs)
+
+
+# -- folding the statement hook --------------------------------------------------------
+
+_CLEAR = "clear"
+"""`_first_hook`: the code evaluated nothing observable and reached no hook."""
+_BLOCKED = "blocked"
+"""`_first_hook`: something observable (a call, a branch) may happen before a hook."""
+
+_HOOKS = (EXPR_HOOK, LOOP_EXPR_HOOK)
+
+
+def _evaluated_first(statement: ast.stmt) -> Sequence[ast.AST]:
+    """What a statement evaluates, in order, up to where the order stops being fixed."""
+    if isinstance(statement, (ast.Assign, ast.Expr)):
+        return [statement.value]
+    if isinstance(statement, ast.AugAssign):
+        target = statement.target
+        parts: list[ast.AST] = [target.value, target.slice] if isinstance(
+            target, ast.Subscript) else []
+        return [*parts, statement.value]
+    if isinstance(statement, ast.Return):
+        return [] if statement.value is None else [statement.value]
+    if isinstance(statement, ast.If):
+        return [statement.test]
+    if isinstance(statement, ast.For):
+        return [statement.iter]
+    if isinstance(statement, ast.Assert):
+        return [statement.test]
+    if isinstance(statement, ast.Raise):
+        return [] if statement.exc is None else [statement.exc]
+    if isinstance(statement, ast.Delete):
+        return [part for target in statement.targets if isinstance(target, ast.Subscript)
+                for part in (target.value, target.slice)]
+    if isinstance(statement, ast.FunctionDef):
+        return [*statement.args.defaults, *(d for d in statement.args.kw_defaults if d)]
+    return []
+
+
+def _first_hook(nodes: Sequence[ast.AST]) -> ast.Call | str:
+    """The hook call that runs first when `nodes` are evaluated in order, if nothing
+    observable runs before it; else `_CLEAR` or `_BLOCKED`.
+
+    Loading a name, a constant, and the operators of SPy's built-in types have no
+    effect (but they may raise, in which case the statement's event goes unrecorded
+    with the rest). A call runs code; the operands of `and`, `or`, `x if c else y`,
+    later comparisons and comprehension bodies may not run at all.
+    """
+    for node in nodes:
+        found = _first_in(node)
+        if found != _CLEAR:
+            return found
+    return _CLEAR
+
+
+def _first_in(node: ast.AST) -> ast.Call | str:
+    if isinstance(node, ast.Call):
+        if isinstance(node.func, ast.Name) and node.func.id in _HOOKS:
+            found = _first_in(node.args[1])
+            return node if found == _CLEAR else found
+        found = _first_hook([node.func, *node.args, *(k.value for k in node.keywords)])
+        return _BLOCKED if found == _CLEAR else found  # the call itself runs next
+    if isinstance(node, (ast.Name, ast.Constant)):
+        return _CLEAR
+    if isinstance(node, ast.BoolOp):
+        return _unconditional(node.values[:1])
+    if isinstance(node, ast.IfExp):
+        return _unconditional([node.test])
+    if isinstance(node, ast.Compare):
+        if len(node.comparators) == 1:
+            return _first_hook([node.left, node.comparators[0]])
+        return _unconditional([node.left, node.comparators[0]])
+    if isinstance(node, (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)):
+        return _unconditional([node.generators[0].iter])
+    if isinstance(node, ast.Lambda):
+        return _first_hook([*node.args.defaults, *(d for d in node.args.kw_defaults if d)])
+    if isinstance(node, (ast.BinOp, ast.UnaryOp, ast.Subscript, ast.Attribute, ast.List,
+                         ast.Tuple, ast.Set, ast.Dict, ast.Starred, ast.Slice, ast.JoinedStr,
+                         ast.FormattedValue)):
+        return _first_hook([child for child in _evaluation_order(node) if child is not None])
+    return _BLOCKED
+
+
+def _unconditional(nodes: Sequence[ast.AST]) -> ast.Call | str:
+    """`_first_hook` of the parts that always run, when more may run only sometimes."""
+    found = _first_hook(nodes)
+    return _BLOCKED if found == _CLEAR else found
+
+
+def _evaluation_order(node: ast.AST) -> Sequence[ast.AST | None]:
+    if isinstance(node, ast.BinOp):
+        return [node.left, node.right]
+    if isinstance(node, ast.UnaryOp):
+        return [node.operand]
+    if isinstance(node, ast.Subscript):
+        return [node.value, node.slice]
+    if isinstance(node, (ast.Attribute, ast.Starred)):
+        return [node.value]
+    if isinstance(node, ast.FormattedValue):
+        return [node.value, node.format_spec]
+    if isinstance(node, (ast.List, ast.Tuple, ast.Set)):
+        return list(node.elts)
+    if isinstance(node, ast.Dict):
+        return [part for key, value in zip(node.keys, node.values, strict=True)
+                for part in (key, value)]
+    if isinstance(node, ast.Slice):
+        return [node.lower, node.upper, node.step]
+    if isinstance(node, ast.JoinedStr):
+        return list(node.values)
+    return []

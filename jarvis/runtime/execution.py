@@ -55,11 +55,13 @@ class _Snapshots:
     """The Machine's snapshot sink: a SnapshotStore with this execution's header."""
 
     def __init__(self, store: SnapshotStore, program: CompiledProgram, execution_id: str,
-                 journal: Journal) -> None:
+                 journal: Journal,
+                 on_snapshot: Callable[[dict[str, int]], None] | None = None) -> None:
         self.store = store
         self.program = program
         self.execution_id = execution_id
         self.journal = journal
+        self.on_snapshot = on_snapshot
 
     def save(self, payload: bytes, effect_count: int, counters: dict[str, int]) -> None:
         # Where the journal's tail starts: a resume from this snapshot reads from there.
@@ -74,6 +76,8 @@ class _Snapshots:
             counters=dict(counters),
         )
         self.store.write(payload, header)
+        if self.on_snapshot is not None:
+            self.on_snapshot(dict(counters))
 
 
 class Execution:
@@ -93,8 +97,10 @@ class Execution:
         wait: Callable[[float], None] = time.sleep,
         guard: Callable[[], None] | None = None,
         isolation: ChildPool | None = None,
+        on_snapshot: Callable[[dict[str, int]], None] | None = None,
     ) -> None:
         self.program = program
+        self.on_snapshot = on_snapshot
         self.isolation = isolation
         self.execution_id = execution_id
         self.inputs = inputs
@@ -152,7 +158,8 @@ class Execution:
         limits = self.settings.limits
         last_delivered = directory.read_trace_seq() or 0
         sink = _DeliveryRecorder(self.sink, directory, last_delivered)
-        snapshots = _Snapshots(store, self.program, self.execution_id, journal)
+        snapshots = _Snapshots(store, self.program, self.execution_id, journal,
+                               self.on_snapshot)
         if not started:
             directory.write_status({
                 "status": "running", "program": self.program.digest,
@@ -212,6 +219,8 @@ class Execution:
         }
         if outcome.error is not None:
             record["error"] = error_record(outcome)
+        if self.guard is not None:
+            self.guard()  # a worker that lost the execution leaves its status alone
         directory.write_status(json.loads(json.dumps(record, default=str)))
         return outcome
 

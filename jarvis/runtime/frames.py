@@ -10,6 +10,7 @@ with a closure across suspensions, so both keep seeing the same value after a re
 
 from __future__ import annotations
 
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -128,6 +129,49 @@ class ResumableFunction:
 
     def __repr__(self) -> str:
         return f"<function {self.qualname}>"
+
+
+def with_defaults(function: Any, defaults: tuple[Any, ...],
+                  kwdefaults: dict[str, Any]) -> Any:
+    """A copy of a function (resumable or not) with these defaults: a hoisted lambda's
+    defaults are evaluated where the lambda stood (see `compiler.lower.hoist`)."""
+    plain = function.binder if type(function) is ResumableFunction else function
+    copy = types.FunctionType(plain.__code__, plain.__globals__, plain.__name__,
+                              defaults or None, plain.__closure__)
+    copy.__kwdefaults__ = kwdefaults or None
+    copy.__qualname__ = plain.__qualname__
+    if type(function) is ResumableFunction:
+        return ResumableFunction(function.fid, function.name, function.qualname, copy,
+                                 function.cells)
+    return copy
+
+
+class ArgumentPacker:
+    """Collects the arguments of a call that has `*` or `**` operands, for the engine.
+
+    Python checks such operands as it makes the call (an operand that is not iterable,
+    not a mapping, a keyword given twice) and names the callee in its errors. A lowered
+    call collects them first, by calling its packer, which Python names as it would
+    name the callee: the packer carries the callee's `__qualname__` and `__module__`,
+    or, for a callee without a qualified name, its text.
+    """
+
+    def __init__(self, callee: Any) -> None:
+        named = callee.binder if type(callee) is ResumableFunction else callee
+        try:
+            qualname = named.__qualname__
+        except AttributeError:
+            self.text = str(named)
+            self.__dict__["__module__"] = None
+        else:
+            self.__dict__["__qualname__"] = qualname
+            self.__dict__["__module__"] = getattr(named, "__module__", None)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        return args, kwargs
+
+    def __str__(self) -> str:
+        return self.text
 
 
 def save_locals(local_vars: dict[str, Any]) -> dict[str, Any]:

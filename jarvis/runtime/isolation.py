@@ -146,6 +146,13 @@ class ChildPool:
                 self.ready.append(child)
                 self.lock.notify_all()
 
+    def next_ready(self, timeout: float = 30.0) -> ChildProcess:
+        """The child the next `take()` will hand out, once it is started."""
+        with self.lock:
+            if not self.lock.wait_for(lambda: bool(self.ready) or self.closed, timeout):
+                raise TimeoutError("no child process became ready")
+            return self.ready[0]
+
     def take(self) -> ChildProcess:
         """A ready child, or (while none is ready) one started for the caller, which must
         close it before the calling thread ends."""

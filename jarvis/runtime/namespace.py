@@ -10,10 +10,11 @@ program travel by reference to their code (a code index), never as code.
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import pickle
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import cloudpickle
@@ -24,12 +25,15 @@ from jarvis.runtime import bounded
 from jarvis.runtime.builtins import BookProxy, Effects, make_builtins, set_inputs
 from jarvis.runtime.frames import (
     END,
+    ArgumentPacker,
     Cell,
     ResumableFunction,
     exception_matches,
     keywords,
     save_locals,
+    with_defaults,
 )
+from jarvis.runtime.guards import guard_table
 
 _STATIC_PREFIXES = ("_jv_step_", "_jv_bind_", "_jv_H_")
 """Globals the program module defines itself; rebuilt on load, never saved."""
@@ -58,8 +62,11 @@ class Namespace:
             _jv_next=next,
             _jv_Cell=Cell,
             _jv_mkfn=self.make_function,
+            _jv_defaults=with_defaults,
+            _jv_pack=ArgumentPacker,
             **bounded.helpers(),
             **runtime_names(),
+            **guard_table(),
             **hooks,
         )
         self.builtins = table
@@ -147,6 +154,24 @@ class _StatePickler(cloudpickle.Pickler):  # type: ignore[misc]
         self.boxes[id(cell)] = (cell, box)
         return box
 
+    def reducer_override(self, obj: Any) -> Any:
+        view = _CONTAINER_ITERATORS.get(type(obj))
+        if view is not None:
+            # Python pickles an iterator over a dict or a set as a list of what it has
+            # left, cut off from its container: after a resume the loop would miss the
+            # dict's later changes. Keep the container and the position instead (an
+            # exhausted iterator holds no container).
+            container = next((r for r in gc.get_referents(obj)
+                              if type(r) in (dict, set, frozenset)), None)
+            if container is not None:
+                try:
+                    obj.__reduce__()  # fails, as the loop's next step will, if the
+                except RuntimeError as exc:  # container changed size under it
+                    return _ChangedContainerIterator, (str(exc),)
+                position = len(container) - obj.__length_hint__()
+                return _resume_iterator, (container, *view, position)
+        return super().reducer_override(obj)
+
     def persistent_id(self, obj: Any) -> Any:
         kind = type(obj)
         if kind is types.FunctionType:
@@ -163,6 +188,42 @@ class _StatePickler(cloudpickle.Pickler):  # type: ignore[misc]
             if name is not None and self.namespace.builtins.get(name) is obj:
                 return ("builtin", name)
         return None
+
+
+_CONTAINER_ITERATORS: dict[type, tuple[str, bool]] = {
+    type(iter({}.keys())): ("keys", False),
+    type(iter({}.values())): ("values", False),
+    type(iter({}.items())): ("items", False),
+    type(reversed({}.keys())): ("keys", True),
+    type(reversed({}.values())): ("values", True),
+    type(reversed({}.items())): ("items", True),
+    type(iter(set())): ("", False),
+}
+"""The iterators over a dict (and its views) or a set, and what each iterates."""
+
+
+def _resume_iterator(container: Any, view: str, backwards: bool,
+                     position: int) -> Iterator[Any]:
+    """An iterator over `container` (a dict's `view`) that has produced `position` items."""
+    items = getattr(container, view)() if view else container
+    iterator: Iterator[Any] = reversed(items) if backwards else iter(items)
+    for _ in range(position):
+        next(iterator, None)
+    return iterator
+
+
+class _ChangedContainerIterator:
+    """A resumed iterator whose dict or set had changed size under it: it fails as the
+    iterator would have ("dictionary changed size during iteration")."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+    def __iter__(self) -> _ChangedContainerIterator:
+        return self
+
+    def __next__(self) -> Any:
+        raise RuntimeError(self.message)
 
 
 class _StateUnpickler(pickle.Unpickler):

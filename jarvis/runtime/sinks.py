@@ -12,12 +12,13 @@ sink that outlives the process (a file) recovers `last_delivered` when it opens.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import IO, Protocol, runtime_checkable
+from typing import IO, ClassVar, Protocol, runtime_checkable
 
 from jarvis.runtime.trace import EventBatch, TraceEvent
 
@@ -92,8 +93,11 @@ class JsonlSink:
         self.fsync = fsync
         recovered = _recover_jsonl(self.path)
         self.last_delivered = max(last_delivered, recovered)
+        self._encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+        # A lone surrogate (a program can print one) is not UTF-8: it is written as the
+        # JSON escape `\ud800`, which reads back as the same string.
         self._file: IO[str] | None = open(  # noqa: SIM115 - closed by close()
-            self.path, "a", encoding="utf-8", newline="\n"
+            self.path, "a", encoding="utf-8", errors="backslashreplace", newline="\n"
         )
 
     def deliver(self, events: Sequence[TraceEvent]) -> None:
@@ -102,8 +106,13 @@ class JsonlSink:
         events = fresh(events, self.last_delivered)
         if not events:
             return
-        dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-        self._file.write("".join([dumps(event.to_json()) + "\n" for event in events]))
+        dumps = self._encode
+        text = "".join([dumps(event.to_json()) + "\n" for event in events])
+        if _UNICODE_LINE_BREAK.search(text):
+            # JSON leaves these unescaped, and readers that split at every Unicode
+            # line break (str.splitlines, for one) would cut the line there.
+            text = _UNICODE_LINE_BREAK.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+        self._file.write(text)
         self._file.flush()
         if self.fsync:
             os.fsync(self._file.fileno())
@@ -116,42 +125,61 @@ class JsonlSink:
 
 
 _TAIL_CHUNK = 64 * 1024
+_UNICODE_LINE_BREAK = re.compile("[\x85\u2028\u2029]")
 
 
 def _recover_jsonl(path: Path) -> int:
-    """The seq of the last complete event line of `path` (0 if none); cuts a torn
-    last line off the file."""
+    """The seq of the last complete event line of the file at `path` (0 if none).
+
+    A last line without its newline is a write cut short by a crash: it is cut off
+    the file, so that the next batch starts on a line of its own.
+    """
     try:
-        handle = open(path, "r+b")  # noqa: SIM115 - closed below
+        handle = open(path, "r+b")  # noqa: SIM115 - closed by the with below
     except FileNotFoundError:
         return 0
     with handle:
         end = handle.seek(0, os.SEEK_END)
-        position = end
-        tail = b""
-        # Walk back chunk by chunk until the tail holds a complete line we can parse.
-        while position > 0:
-            step = min(_TAIL_CHUNK, position)
-            position -= step
-            handle.seek(position)
-            tail = handle.read(step) + tail
-            complete = tail.rfind(b"\n")
-            if complete < 0:
-                continue
-            if position + complete + 1 < end:
-                handle.truncate(position + complete + 1)  # a torn last line
-                end = position + complete + 1
-                tail = tail[: complete + 1]
-            for line in reversed(tail.split(b"\n")[1:-1] if position else tail.split(b"\n")[:-1]):
-                seq = _seq_of(line)
-                if seq is not None:
-                    return seq
-            if position == 0:
-                return 0
-            tail = tail[: tail.find(b"\n") + 1] if b"\n" in tail else tail
-        if tail and not tail.endswith(b"\n"):
-            handle.truncate(0)  # one torn line and nothing else
-        return 0
+        complete_end = _last_newline(handle, end) + 1
+        if complete_end < end:
+            handle.truncate(complete_end)
+        for line in _lines_backwards(handle, complete_end):
+            seq = _seq_of(line)
+            if seq is not None:
+                return seq
+    return 0
+
+
+def _last_newline(handle: IO[bytes], end: int) -> int:
+    """The offset of the last newline before `end`, or -1."""
+    position = end
+    while position > 0:
+        start = max(0, position - _TAIL_CHUNK)
+        handle.seek(start)
+        found = handle.read(position - start).rfind(b"\n")
+        if found >= 0:
+            return start + found
+        position = start
+    return -1
+
+
+def _lines_backwards(handle: IO[bytes], end: int) -> Iterator[bytes]:
+    """The lines of the file before offset `end` (which follows a newline), last first."""
+    position = end
+    partial = b""
+    while position > 0:
+        start = max(0, position - _TAIL_CHUNK)
+        handle.seek(start)
+        chunk = handle.read(position - start) + partial
+        lines = chunk.split(b"\n")
+        # The first piece may be the end of a line that starts in an earlier chunk.
+        partial = lines[0] if start > 0 else b""
+        for line in reversed(lines[1:] if start > 0 else lines):
+            if line.strip():
+                yield line
+        position = start
+    if partial.strip():
+        yield partial
 
 
 def _seq_of(line: bytes) -> int | None:
@@ -166,18 +194,26 @@ def _seq_of(line: bytes) -> int | None:
 class ConsoleSink:
     """A live, human-readable trace (for `jarvis run`), one line per event:
 
-        12  L3:5    total + x        →  42  (int)
+         12  L3:5      total + x                       →  42  (int)
+         13  L4:1      print(total)
+         14  L4:1      print      42
+         15  L6:7      book_end   crm.find(name)  →  {'id': 7}  (dict)  12.5 ms
 
-    Expressions and values are clipped to keep each line short; prints, Book calls,
-    exceptions and limits stand out (in color when `color` is true).
+    The seq, the position, then per kind: an expression with its value and type; a
+    statement's text (dimmed); a print with its text; engine events with their kind,
+    what they concern and their value. Texts are put on one line (control characters
+    escaped) and clipped, so lines stay short and aligned. Prints, Book calls,
+    outputs, exceptions and limits stand out in color when `color` is true (by default
+    when the stream is a terminal and NO_COLOR is not set).
     """
 
     EXPR_WIDTH = 32
     VALUE_WIDTH = 60
+    STMT_WIDTH = 96
 
-    _STYLE = {
+    STYLES: ClassVar[dict[str, str]] = {
         "print": "\x1b[1;33m",
-        "book_start": "\x1b[1;36m",
+        "book_start": "\x1b[36m",
         "book_end": "\x1b[1;36m",
         "exception": "\x1b[1;31m",
         "limit": "\x1b[1;31m",
@@ -186,14 +222,14 @@ class ConsoleSink:
         "sleep": "\x1b[35m",
         "stmt": "\x1b[2m",
     }
-    _RESET = "\x1b[0m"
+    RESET = "\x1b[0m"
 
     def __init__(self, stream: IO[str] | None = None, color: bool | None = None,
                  last_delivered: int = 0) -> None:
         self.stream = sys.stderr if stream is None else stream
         if color is None:
             isatty = getattr(self.stream, "isatty", None)
-            color = bool(isatty and isatty()) and "NO_COLOR" not in os.environ
+            color = bool(isatty and isatty()) and not os.environ.get("NO_COLOR")
         self.color = color
         self.last_delivered = last_delivered
 
@@ -206,25 +242,29 @@ class ConsoleSink:
         self.last_delivered = events[-1].seq
 
     def format(self, event: TraceEvent) -> str:
-        where = f"L{event.line}:{event.col}" if event.line else ""
-        expr = _one_line(event.expr, self.EXPR_WIDTH)
-        value = _one_line(event.value, self.VALUE_WIDTH)
+        """One event as one line (without the newline)."""
         kind = event.kind
         if kind == "expr":
+            expr = _one_line(event.expr, self.EXPR_WIDTH)
+            value = _one_line(event.value, self.VALUE_WIDTH)
             body = f"{expr:<{self.EXPR_WIDTH}}  →  {value}  ({event.type})"
         elif kind == "stmt":
-            body = expr
+            body = _one_line(event.expr, self.STMT_WIDTH)
         elif kind == "print":
-            body = f"print  {value}"
-        elif kind == "book_end":
-            took = "" if event.duration_ms is None else f"  {event.duration_ms:.1f} ms"
-            body = f"{kind:<10} {expr}  →  {value}  ({event.type}){took}"
+            text = event.value[:-1] if event.value.endswith("\n") else event.value
+            body = f"{'print':<10} {_one_line(text, self.STMT_WIDTH)}"
         else:
-            shown = f"  {value}" if value else ""
-            body = f"{kind:<10} {expr}{shown}"
+            expr = _one_line(event.expr, self.EXPR_WIDTH)
+            value = _one_line(event.value, self.VALUE_WIDTH)
+            if kind == "book_end":
+                took = "" if event.duration_ms is None else f"  {event.duration_ms:.1f} ms"
+                body = f"{kind:<10} {expr}  →  {value}  ({event.type}){took}"
+            else:
+                body = f"{kind:<10} {expr}  {value}" if value else f"{kind:<10} {expr}"
+        where = f"L{event.line}:{event.col}" if event.line else ""
         line = f"{event.seq:>6}  {where:<9} {body}".rstrip()
-        style = self._STYLE.get(kind) if self.color else None
-        return f"{style}{line}{self._RESET}" if style else line
+        style = self.STYLES.get(kind) if self.color else None
+        return f"{style}{line}{self.RESET}" if style else line
 
     def close(self) -> None:
         self.stream.flush()
@@ -285,7 +325,7 @@ def line_protocol(event: TraceEvent, timestamp_ns: int | None = None) -> str:
         f'value="{escape_string_field(event.value)}",'
         f'type="{escape_string_field(event.type)}"'
     )
-    if event.duration_ms is not None:
+    if event.duration_ms is not None and math.isfinite(event.duration_ms):
         fields += f",duration_ms={event.duration_ms!r}"
     line = f"{escape_measurement(MEASUREMENT)}{tags} {fields}"
     return line if timestamp_ns is None else f"{line} {timestamp_ns}"

@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import math
 import types
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from itertools import compress, islice, repeat
-from operator import is_
+from itertools import islice, repeat
+from operator import itemgetter, rshift
 from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol, overload
 
 from jarvis.runtime.errors import LimitExceeded
@@ -107,29 +108,46 @@ _BIG_INT: Final = 10**18
 _MAX_INT_BITS: Final = 13_000
 """Ints wider than this (about 3900 digits) are not converted to decimal at all:
 CPython refuses beyond 4300 digits, and the conversion is quadratic."""
+_FLAT_KEYS_KEPT: Final = 1024
+"""How many key tuples `Renderer.capture` remembers."""
 _SET_SORT_LIMIT: Final = 64
 """Sets up to this size render sorted (deterministic); larger ones show their size."""
-_MIN_ROOM: Final = 6
 
 _NUMBERS: Final = frozenset({int, float, bool, _NoneType})
 _FLAT: Final = frozenset({int, float, bool, _NoneType, str})
 """Scalars whose repr C writes directly (strings after a length check; ints are
 bounded by CPython's own limit on decimal conversion)."""
-DEFERRED_TYPES: Final = frozenset({
-    int, float, bool, _NoneType, str, range, type,
-    types.FunctionType, types.BuiltinFunctionType,
-})
-"""Values of these exact types cannot change, so their rendering waits for the batch."""
+DEFERRED_TYPES: Final = frozenset({int, float, bool, _NoneType, str})
+"""Values of these exact types cannot change, so their rendering waits for the batch
+(strings only up to `max_chars` characters: a longer one is cut at once)."""
 
 _pair = "{}: {}".format
+_first = itemgetter(0)
+_second = itemgetter(1)
 
-_BRACKETS: Final[dict[type, tuple[str, str]]] = {
-    list: ("[", "]"), tuple: ("(", ")"), dict: ("{", "}"), set: ("{", "}"),
-    frozenset: ("frozenset({", "})"), types.MappingProxyType: ("mappingproxy({", "})"),
-    type({}.keys()): ("dict_keys([", "])"), type({}.values()): ("dict_values([", "])"),
-    type({}.items()): ("dict_items([", "])"),
+
+def _summary_forms(opening: str, closing: str, empty: str, name: str) -> tuple[str, str, str, str]:
+    many = opening.replace("%", "%%") + "… (%d items)" + closing
+    return many, f"{opening}… (1 item){closing}", empty, name
+
+
+_SUMMARY_SHAPES: Final[list[tuple[type, str, str, str]]] = [
+    (list, "[", "]", "[]"),
+    (tuple, "(", ")", "()"),
+    (dict, "{", "}", "{}"),
+    (set, "{", "}", "set()"),
+    (frozenset, "frozenset({", "})", "frozenset()"),
+    (types.MappingProxyType, "mappingproxy({", "})", "mappingproxy({})"),
+    (type({}.keys()), "dict_keys([", "])", "dict_keys([])"),
+    (type({}.values()), "dict_values([", "])", "dict_values([])"),
+    (type({}.items()), "dict_items([", "])", "dict_items([])"),
+]
+_SUMMARIES: Final[dict[type, tuple[str, str, str, str]]] = {
+    kind: _summary_forms(opening, closing, empty, kind.__name__)
+    for kind, opening, closing, empty in _SUMMARY_SHAPES
 }
-"""How `Renderer.summary` writes each container type."""
+"""How `Renderer.summary` writes each container type: (several items, one item,
+empty, type name)."""
 
 
 class _TypeNames(dict[type, str]):
@@ -161,6 +179,8 @@ class Renderer:
         self.max_items = max_items
         self.max_depth = max_depth
         self._nested_items = max(2, max_items // 4)
+        self._flat_keys: set[tuple[Any, ...]] = set()
+        """Key tuples of dicts known to be short scalars (see `capture`)."""
         """Items looked at in a container inside a container."""
         self._by_type: dict[type, Callable[[Any, int, int], str]] = {
             types.MappingProxyType: self._mappingproxy,
@@ -190,13 +210,12 @@ class Renderer:
 
     def summary(self, value: Any) -> tuple[str, str]:
         """A container by its size only, `[… (3 items)]`; other values as `render`."""
-        brackets = _BRACKETS.get(type(value))
-        if brackets is None:
+        form = _SUMMARIES.get(type(value))
+        if form is None:
             return self.render(value)
+        many, one, empty, name = form
         size = len(value)
-        if not size:
-            return self.render(value)
-        return brackets[0] + _more(size) + brackets[1], type(value).__name__
+        return (many % size if size > 1 else one if size else empty), name
 
     def capture(self, value: Any) -> tuple[str, str]:
         """`render`, for the expression hook: a value that may change later.
@@ -221,18 +240,28 @@ class Renderer:
                 if len(text) <= self.max_chars:
                     return text, kind.__name__
         elif kind is dict and len(value) <= self.max_items:
-            keys = {*map(type, value)}
-            if keys <= _FLAT and (keys <= _NUMBERS or _short(value, keys, self.max_chars)):
-                kinds = {*map(type, value.values())}
-                if kinds <= _NUMBERS or (
-                    kinds <= _FLAT and _short(value.values(), kinds, self.max_chars)
+            keys = tuple(value)
+            if keys not in self._flat_keys:
+                # Dicts of a program mostly share their keys (records): check a set of
+                # keys once; `tuple` and a set lookup are cheaper than the checks.
+                key_kinds = {*map(type, keys)}
+                if not key_kinds <= _FLAT or not (
+                    key_kinds <= _NUMBERS or _short(keys, key_kinds, self.max_chars)
                 ):
-                    try:
-                        text = repr(value)
-                    except ValueError:
-                        return self.render(value)
-                    if len(text) <= self.max_chars:
-                        return text, "dict"
+                    return self.render(value)
+                if len(self._flat_keys) >= _FLAT_KEYS_KEPT:
+                    self._flat_keys.clear()
+                self._flat_keys.add(keys)
+            kinds = {*map(type, value.values())}
+            if kinds <= _NUMBERS or (
+                kinds <= _FLAT and _short(value.values(), kinds, self.max_chars)
+            ):
+                try:
+                    text = repr(value)
+                except ValueError:
+                    return self.render(value)
+                if len(text) <= self.max_chars:
+                    return text, "dict"
         return self.render(value)
 
     def text(self, value: Any, room: int, depth: int) -> str:
@@ -390,14 +419,12 @@ class Renderer:
         depth: int, pairs: bool = False,
     ) -> str:
         """Items rendered one by one, as many as fit in `room`."""
-        marker = _more(size)
         space = room - len(opening) - len(closing)
         parts: list[str] = []
-        used = 0
-        for index, item in enumerate(items):
-            # Keep room for the marker unless this is the last item.
-            left = space - used - (0 if index == size - 1 else len(marker) + 2)
-            if left < _MIN_ROOM:
+        used = 0  # the parts' length, with a separator after each
+        for item in items:
+            left = space - used
+            if left < 2:
                 break
             if pairs:
                 key, val = item
@@ -410,48 +437,43 @@ class Renderer:
             parts.append(text)
             used += len(text) + 2
         if len(parts) < size:
+            marker = _more(size)
+            while parts and used + len(marker) > space:
+                used -= len(parts.pop()) + 2
             parts.append(marker)
         return opening + ", ".join(parts) + closing
 
     # -- a batch of deferred values -----------------------------------------------
 
-    def render_batch(self, values: list[Any]) -> tuple[list[str], dict[int, str]]:
+    def render_batch(
+        self, values: list[Any], rendered: Iterable[int] = ()
+    ) -> tuple[list[str], dict[int, str]]:
         """Render a batch of values: their texts, and the type names of the entries
         whose type is not `type(values[i])` after the call.
 
-        `values` holds deferred values (`DEFERRED_TYPES`) and `(text, type name)`
-        tuples rendered earlier; entries that are rendered apart are replaced by None.
-        A text may be longer than `max_chars` (an int of many digits, a string with
-        many escapes): `clip` it when it is read. The work is bounded regardless: long
-        strings are cut before they are rendered, and CPython refuses to write ints
-        of more than a few thousand digits.
+        `values` holds ints, floats, bools, None and strings of at most `max_chars`
+        characters, and, at the buffer positions `rendered` (index `2 * i + 1` for
+        entry i), `(text, type name)` pairs rendered earlier, which are replaced by
+        None. A text may be longer than `max_chars` (an int of many digits, a string
+        with many escapes): `clip` it when it is read. The common case is one C-level
+        `map` over the batch.
         """
-        kinds = {*map(type, values)}
-        special: dict[int, Any] = {}
-        odd = kinds - _FLAT
-        if odd:
-            for i in compress(range(len(values)), map(odd.__contains__, map(type, values))):
-                special[i] = values[i]
-                values[i] = None
-        if str in kinds:
-            is_str = [*map(is_, map(type, values), repeat(str))]
-            if max(map(len, compress(values, is_str))) > self.max_chars:
-                for i in compress(range(len(values)), is_str):
-                    if len(values[i]) > self.max_chars:
-                        special[i] = values[i]
-                        values[i] = None
+        # C-level passes over the rendered entries too: there may be many (a loop
+        # that indexes a dict has one per iteration).
+        indexes = [*map(rshift, rendered, repeat(1))]
+        pairs = [*map(values.__getitem__, indexes)]
+        deque(map(values.__setitem__, indexes, repeat(None)), 0)
         try:
             texts = [*map(repr, values)]
         except ValueError:  # an int too long for decimal conversion
-            for i, value in enumerate(values):
-                if type(value) is int and value.bit_length() > _MAX_INT_BITS:
-                    special[i] = value
-                    values[i] = None
-            texts = [*map(repr, values)]
-        names: dict[int, str] = {}
-        for i, value in special.items():
-            texts[i], names[i] = value if type(value) is tuple else self.render(value)
-        return texts, names
+            texts = [*map(self._scalar, values)]
+        deque(map(texts.__setitem__, indexes, map(_first, pairs)), 0)
+        return texts, dict(zip(indexes, map(_second, pairs), strict=True))
+
+    def _scalar(self, value: object) -> str:
+        if type(value) is int and value.bit_length() > _MAX_INT_BITS:
+            return self.render(value)[0]
+        return repr(value)
 
     def clip(self, text: str, value: object) -> str:
         """`text`, the batch rendering of `value`, cut to `max_chars` if longer."""
@@ -669,34 +691,61 @@ class Tracer:
         """Hook calls up to the last flush."""
         self._extra: list[TraceEvent] = []
         self._buffer: list[Any] = []
-        self.hook_expr, self.hook_stmt, self._set_capacity = self._hooks()
+        self._marks: list[int] = []
+        """Where in the buffer a value rendered by the hook (a (text, type) pair) is."""
+        (self.hook_expr, self.hook_expr_checked, self.hook_stmt, self.hook_first,
+         self._set_capacity) = self._hooks()
         self._update_capacity()
 
-    def _hooks(
-        self,
-    ) -> tuple[Callable[[int, Any], Any], Callable[[int], None], Callable[[int], None]]:
+    def _hooks(self) -> tuple[
+        Callable[[int, Any], Any], Callable[[int, Any], Any], Callable[[int], None],
+        Callable[[int, int, Any], Any], Callable[[int], None],
+    ]:
         buffer = self._buffer
+        marks = self._marks
         renderer = self.renderer
         summarized = self._summarized
-        deferred = DEFERRED_TYPES
+        numbers = _NUMBERS
+        longest = renderer.max_chars
+
+        summaries = _SUMMARIES
 
         def capture(k: int, value: Any) -> tuple[str, str]:
             if k in summarized:
-                return renderer.summary(value)
+                form = summaries.get(type(value))
+                if form is not None:  # `Renderer.summary`, inline
+                    size = len(value)
+                    return (form[0] % size if size > 1 else form[1] if size else form[2]), form[3]
             return renderer.capture(value)
 
         spill = self._spill
         capacity = 2 * self.batch_size
 
-        # The two hooks run once per traced expression and statement: every name is a
+        # The hooks run once per traced expression and statement: every name is a
         # local or a closure cell, `buffer.append` is specialised by the interpreter,
-        # and the only test on the common path is the type test.
+        # and the only tests on the common path of `hook_expr` are the type tests. It
+        # does not even check whether the buffer is full (a quarter of its cost): the
+        # next statement hook does, and the expressions that can repeat without a
+        # statement in between (comprehension and lambda bodies) call
+        # `hook_expr_checked`. A value rendered at once is marked (its position in
+        # the buffer), so that the batch needs no pass over the types of all values.
         def hook_expr(k: int, value: Any) -> Any:
-            if type(value) in deferred:
+            if type(value) in numbers or (type(value) is str and len(value) <= longest):
                 buffer.append(k)
                 buffer.append(value)
             else:
                 buffer.append(k)
+                marks.append(len(buffer))
+                buffer.append(capture(k, value))
+            return value
+
+        def hook_expr_checked(k: int, value: Any) -> Any:
+            if type(value) in numbers or (type(value) is str and len(value) <= longest):
+                buffer.append(k)
+                buffer.append(value)
+            else:
+                buffer.append(k)
+                marks.append(len(buffer))
                 buffer.append(capture(k, value))
             if len(buffer) >= capacity:
                 spill()
@@ -708,17 +757,32 @@ class Tracer:
             if len(buffer) >= capacity:
                 spill()
 
+        def hook_first(ks: int, k: int, value: Any) -> Any:
+            buffer.append(ks)
+            buffer.append(None)
+            if type(value) in numbers or (type(value) is str and len(value) <= longest):
+                buffer.append(k)
+                buffer.append(value)
+            else:
+                buffer.append(k)
+                marks.append(len(buffer))
+                buffer.append(capture(k, value))
+            if len(buffer) >= capacity:
+                spill()
+            return value
+
         def set_capacity(entries: int) -> None:
             nonlocal capacity
             capacity = entries
 
-        return hook_expr, hook_stmt, set_capacity
+        return hook_expr, hook_expr_checked, hook_stmt, hook_first, set_capacity
 
     def resume_at(self, seq: int, steps: int) -> None:
         """Continue numbering after `seq` (and counting after `steps`): how a run
         restored from a snapshot regenerates the numbers it had. Pending events are
         dropped: they belong to the run being replaced."""
         self._buffer.clear()
+        self._marks.clear()
         self._extra.clear()
         self._seq = seq
         self._steps = steps
@@ -726,7 +790,8 @@ class Tracer:
 
     def hooks(self) -> dict[str, Callable[..., Any]]:
         """The names an instrumented program calls, to bind in its namespace."""
-        return {"_jv_t": self.hook_expr, "_jv_s": self.hook_stmt}
+        return {"_jv_t": self.hook_expr, "_jv_c": self.hook_expr_checked,
+                "_jv_s": self.hook_stmt, "_jv_f": self.hook_first}
 
     # -- counters -----------------------------------------------------------------
 
@@ -798,11 +863,13 @@ class Tracer:
             sites: list[int] = buffer[0::2]
             values: list[Any] = buffer[1::2]
             buffer.clear()
+            marks = self._marks[:]
+            self._marks.clear()
             extra, self._extra = self._extra, []
             first = self._seq + 1
             self._seq += len(sites)
             self._steps += len(sites) - len(extra)
-            rendered = self.renderer.render_batch(values) if self._has_values else None
+            rendered = self.renderer.render_batch(values, marks) if self._has_values else None
             batch = EventBatch(self.execution_id, first, self._table, sites, values,
                                rendered, extra, self.renderer)
             self._update_capacity()

@@ -3,10 +3,18 @@
 A lease is a Redis key `jarvis:lease:{id}` holding `{worker}:{token}` with a TTL that
 its owner renews. The token comes from `INCR jarvis:fence:{id}`, so every new owner has
 a larger one. The owner writes its token into the execution's state directory
-(`fence`); before every journal or snapshot write the guard checks that the lease has
-not lapsed on the local monotonic clock and that the directory still carries this
-token. A worker paused past its lease (SIGSTOP, a long GC, a network partition) wakes to
-find either check failing, and its late writes are refused.
+(`fence`); before every journal or snapshot write, Book call and trace batch, the guard
+checks that the lease has not lapsed on the local monotonic clock and that the
+directory still carries this token. A worker paused past its lease (SIGSTOP, a long
+GC, a network partition) wakes to find either check failing, and its late writes are
+refused.
+
+Redis may lose its data (a restart without persistence, a failover to an empty
+replica). Two rules keep tokens growing anyway: a new owner's token is larger than
+the one in the fence file (the file outlives Redis), and an owner whose lease key
+vanished takes it back with its own token, unless a larger token was handed out since.
+While Redis is unreachable the guard waits for it (`reconnect_seconds`) instead of
+refusing at once, so a short outage pauses runs rather than failing them.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from jarvis.runtime.statedir import StateError, write_file_atomically
+from jarvis.worker.retry import is_transient
 
 _ACQUIRE = """
 local held = redis.call('GET', KEYS[1])
@@ -25,15 +34,33 @@ if held then
   return {0, held}
 end
 local token = redis.call('INCR', KEYS[2])
+local floor = tonumber(ARGV[3])
+if token <= floor then
+  token = floor + 1
+  redis.call('SET', KEYS[2], token)
+end
 redis.call('SET', KEYS[1], ARGV[1] .. ':' .. token, 'PX', ARGV[2])
 return {token, ''}
 """
 
 _RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+local held = redis.call('GET', KEYS[1])
+if held == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
-return 0
+if held then
+  return 0
+end
+local issued = tonumber(redis.call('GET', KEYS[2]) or '0')
+local token = tonumber(ARGV[3])
+if issued > token then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if issued < token then
+  redis.call('SET', KEYS[2], token)
+end
+return 1
 """
 
 _RELEASE = """
@@ -76,27 +103,33 @@ class Leases:
     def __init__(self, redis: Any, worker: str, ttl_seconds: float) -> None:
         self.redis = redis
         self.worker = worker
-        self.ttl_ms = int(ttl_seconds * 1000)
+        self.ttl_ms = max(int(ttl_seconds * 1000), 1)
         self._acquire = redis.register_script(_ACQUIRE)
         self._renew = redis.register_script(_RENEW)
         self._release = redis.register_script(_RELEASE)
 
-    def acquire(self, execution_id: str) -> Lease | None:
-        """The lease, or None while another worker holds it."""
+    def acquire(self, execution_id: str, floor: int = 0) -> Lease | None:
+        """The lease, or None while another worker holds it.
+
+        `floor` is the token in the execution's fence file: the new token is larger
+        even when Redis has forgotten the tokens it handed out.
+        """
         started = time.monotonic()
         token, _held = self._acquire(
             keys=[lease_key(execution_id), fence_key(execution_id)],
-            args=[self.worker, self.ttl_ms],
+            args=[self.worker, self.ttl_ms, floor],
         )
         if not int(token):
             return None
         return Lease(execution_id, self.worker, int(token), started + self.ttl_ms / 1000)
 
     def renew(self, lease: Lease) -> bool:
-        """Extend the lease; False if it was lost (expired and taken, or released)."""
+        """Extend the lease; False if it was lost (taken by another, or a newer token
+        was handed out). A lease whose key vanished is taken back."""
         started = time.monotonic()
-        renewed = bool(self._renew(keys=[lease_key(lease.execution_id)],
-                                   args=[lease.value, self.ttl_ms]))
+        renewed = bool(self._renew(keys=[lease_key(lease.execution_id),
+                                         fence_key(lease.execution_id)],
+                                   args=[lease.value, self.ttl_ms, lease.token]))
         if renewed:
             lease.deadline = started + self.ttl_ms / 1000
         else:
@@ -104,44 +137,88 @@ class Leases:
         return renewed
 
     def release(self, lease: Lease) -> None:
-        self._release(keys=[lease_key(lease.execution_id)], args=[lease.value])
         lease.deadline = 0.0
+        self._release(keys=[lease_key(lease.execution_id)], args=[lease.value])
+
+    def holder(self, execution_id: str) -> str | None:
+        """Who holds the lease now (`worker:token`), or None."""
+        held = self.redis.get(lease_key(execution_id))
+        if held is None:
+            return None
+        return held.decode() if isinstance(held, bytes) else str(held)
+
+
+def read_fence(directory: Path) -> int:
+    """The token in an execution's fence file (0 when there is none)."""
+    path = directory / "fence"
+    try:
+        return int(path.read_text(encoding="ascii").strip() or 0)
+    except FileNotFoundError:
+        return 0
+    except ValueError as exc:
+        raise StateError(f"{path}: not a fencing token") from exc
 
 
 class Fence:
     """The token file in an execution's state directory, and the write guard on it."""
 
-    def __init__(self, directory: Path, lease: Lease) -> None:
+    def __init__(self, directory: Path, lease: Lease, leases: Leases,
+                 reconnect_seconds: float = 0.0) -> None:
+        self.directory = directory
         self.path = directory / "fence"
         self.lease = lease
+        self.leases = leases
+        self.reconnect_seconds = reconnect_seconds
+        self.refused: str | None = None  # why the last refusal happened
 
     def read(self) -> int:
-        try:
-            return int(self.path.read_text(encoding="ascii").strip() or 0)
-        except FileNotFoundError:
-            return 0
-        except ValueError as exc:
-            raise StateError(f"{self.path}: not a fencing token") from exc
+        return read_fence(self.directory)
 
     def claim(self) -> None:
         """Write this lease's token; refuse if a newer owner already wrote a larger one."""
         current = self.read()
         if current > self.lease.token:
-            raise FencedOff(
-                f"execution {self.lease.execution_id} has a newer owner (token {current} > "
-                f"{self.lease.token})")
+            self._refuse(f"execution {self.lease.execution_id} has a newer owner (token "
+                         f"{current} > {self.lease.token})")
         write_file_atomically(self.path, f"{self.lease.token}\n".encode("ascii"))
 
     def guard(self) -> None:
-        """Called before every journal and snapshot write."""
+        """Called before every write: journal, snapshot, Book call, trace batch."""
         if time.monotonic() >= self.lease.deadline:
-            raise FencedOff(
-                f"the lease on execution {self.lease.execution_id} lapsed; refusing to write")
+            self._confirm()
         current = self.read()
         if current != self.lease.token:
-            raise FencedOff(
-                f"execution {self.lease.execution_id} was taken over (token {current}, "
-                f"ours {self.lease.token}); refusing to write")
+            self._refuse(f"execution {self.lease.execution_id} was taken over (token "
+                         f"{current}, ours {self.lease.token}); refusing to write")
+
+    def holds(self) -> bool:
+        """Whether this worker still owns the execution (the guard passes)."""
+        try:
+            self.guard()
+        except FencedOff:
+            return False
+        return True
+
+    def _confirm(self) -> None:
+        """The renewer did not renew in time: ask Redis now, waiting while it is away."""
+        give_up = time.monotonic() + self.reconnect_seconds
+        while True:
+            try:
+                if self.leases.renew(self.lease):
+                    return
+                self._refuse(f"the lease on execution {self.lease.execution_id} lapsed and "
+                             "another worker took it; refusing to write")
+            except FencedOff:
+                raise
+            except Exception as exc:
+                if not is_transient(exc) or time.monotonic() >= give_up:
+                    self._refuse(f"the lease on execution {self.lease.execution_id} lapsed "
+                                 f"and cannot be confirmed ({exc}); refusing to write")
+                time.sleep(0.2)
+
+    def _refuse(self, reason: str) -> None:
+        self.refused = reason
+        raise FencedOff(reason)
 
 
 def worker_identity() -> str:

@@ -9,6 +9,12 @@ to skip what was already delivered.
 Backpressure, not unbounded memory: the producer's queue is bounded; when it is full,
 `deliver` waits for deliveries (slowing the program that produces the events) instead
 of buffering more. Nothing is dropped.
+
+Every line carries a timestamp in nanoseconds, strictly increasing within a sink: an
+execution's events share one series (measurement and tags), and InfluxDB keeps one
+point per series and timestamp, so events stamped alike would overwrite each other.
+A `guard` (the lease's fence) is checked before each batch: a worker that lost the
+execution sends nothing more for it.
 """
 
 from __future__ import annotations
@@ -38,8 +44,13 @@ class KafkaLogSink:
 
     def __init__(self, producer: Producer, topic: str, execution_id: str,
                  last_delivered: int = 0,
-                 on_progress: Callable[[int], None] | None = None) -> None:
+                 on_progress: Callable[[int], None] | None = None,
+                 guard: Callable[[], None] | None = None,
+                 on_events: Callable[[int], None] | None = None) -> None:
         self.producer = producer
+        self.guard = guard
+        self.on_events = on_events
+        self.last_timestamp_ns = 0
         self.topic = topic
         self.execution_id = execution_id
         self.key = execution_id.encode("utf-8")
@@ -54,11 +65,14 @@ class KafkaLogSink:
         fresh = [e for e in events if e.seq > self.last_delivered]
         if not fresh:
             return
+        if self.guard is not None:
+            self.guard()
         lines: list[str] = []
         size = 0
         first = fresh[0].seq
         for event in fresh:
-            line = line_protocol(event)
+            self.last_timestamp_ns = max(time.time_ns(), self.last_timestamp_ns + 1)
+            line = line_protocol(event, self.last_timestamp_ns)
             if lines and size + len(line) + 1 > MAX_MESSAGE_BYTES:
                 self._send(lines, first, event.seq - 1)
                 lines, size, first = [], 0, event.seq
@@ -66,6 +80,8 @@ class KafkaLogSink:
             size += len(line) + 1
         self._send(lines, first, fresh[-1].seq)
         self.events_sent += len(fresh)
+        if self.on_events is not None:
+            self.on_events(len(fresh))
 
     def _send(self, lines: list[str], first: int, last: int) -> None:
         value = ("\n".join(lines) + "\n").encode("utf-8")

@@ -2,64 +2,98 @@
 
 The loop is the only code that touches the consumer. It never waits on a run: runs
 live in threads (their programs in child processes) and report back through a queue.
-While the worker is full, its partitions are paused so the poll loop goes on (heartbeats,
-rebalances) without taking more work. A start's offset is committed once its run has
-ended (completed, failed, cancelled or suspended); see offsets.py.
+While the worker is full, its partitions are paused so the poll loop goes on
+(heartbeats, rebalances) without taking more work. A start's offset is committed once
+its run has ended (completed, failed, cancelled or suspended); see offsets.py.
+
+A command that cannot be handled yet (Redis is away, or its execution is still being
+handed over by an earlier run here) waits in `held`, with the partitions paused, and is
+tried again; only a command that is itself wrong goes to the dead-letter topic.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from jarvis.runtime.statedir import ExecutionDir
 from jarvis.settings import WorkerSettings
 from jarvis.worker import messages
+from jarvis.worker.endings import Endings
+from jarvis.worker.leases import Leases
+from jarvis.worker.metrics import Gauges, MetricsPublisher, WorkerMetrics
 from jarvis.worker.offsets import OffsetTracker
-from jarvis.worker.runs import TERMINAL, Position, Run, Runner, status_key, stop_key
+from jarvis.worker.retry import Backoff, is_transient
+from jarvis.worker.runs import FENCED, HANDOVER, Position, Run, Runner
+from jarvis.worker.stops import StopRequests
+
+log = logging.getLogger("jarvis.worker")
+
+
+class NotYet(Exception):
+    """A command that must wait: its execution is still being handed over here."""
 
 
 class WorkerLoop:
     """Consumes `spy_control` and drives runs until asked to stop."""
 
     def __init__(self, settings: WorkerSettings, worker_id: str, consumer: Any,
-                 producer: Any, redis: Any, runner_factory: Callable[..., Runner]) -> None:
+                 producer: Any, redis: Any, runner_factory: Callable[..., Runner],
+                 metrics: WorkerMetrics | None = None) -> None:
         self.settings = settings
         self.worker_id = worker_id
         self.consumer = consumer
         self.producer = producer
-        self.redis = redis
         self.tracker = OffsetTracker()
+        self.endings = Endings(redis, settings.state_dir)
+        self.stops = StopRequests(redis)
+        self.leases = Leases(redis, worker_id, settings.redis.lease_seconds)
         self.runs: dict[str, Run] = {}
         self.done: queue.Queue[Run] = queue.Queue()
-        self.paused = False
+        self.held: deque[Any] = deque()
+        self.held_until = 0.0
+        self.backoff = Backoff()
+        self.paused: set[Any] = set()
         self.last_poll = 0.0
         self.counts: dict[str, int] = {}
-        self.runner = runner_factory(publish=self.publish, finished=self.done.put)
+        self.counts_lock = threading.Lock()
+        self.metrics = metrics or WorkerMetrics()
+        self.publisher = MetricsPublisher(producer, settings.kafka.metrics_topic, worker_id,
+                                          settings.metrics_seconds, self.metrics)
+        self.runner = runner_factory(publish=self.publish, finished=self.done.put,
+                                     metrics=self.metrics)
 
     # -- events ---------------------------------------------------------------------
 
     def publish(self, execution_id: str, status: Any, **fields: Any) -> None:
         event = messages.status_event(execution_id, status, worker=self.worker_id, **fields)
-        self.producer.produce(self.settings.kafka.status_topic, value=event,
-                              key=execution_id.encode("utf-8"))
-        self.producer.poll(0)
-        self.counts[status] = self.counts.get(status, 0) + 1
+        self._produce(self.settings.kafka.status_topic, event, execution_id.encode("utf-8"))
+        with self.counts_lock:
+            self.counts[status] = self.counts.get(status, 0) + 1
 
     def dead_letter(self, message: Any, reason: str, execution_id: str | None) -> None:
         record = messages.dead_letter(message.value(), message.key(), message.topic(),
                                       message.partition(), message.offset(), reason,
                                       worker=self.worker_id, execution_id=execution_id)
-        self.producer.produce(self.settings.kafka.dlq_topic, value=record,
-                              key=message.key() or b"")
+        self._produce(self.settings.kafka.dlq_topic, record, message.key() or b"")
         if execution_id is not None:  # a message that names no execution has no status
             self.publish(execution_id, "rejected", error={
                 "type": "InvalidCommand", "message": reason})
+
+    def _produce(self, topic: str, value: bytes, key: bytes) -> None:
+        while True:
+            try:
+                self.producer.produce(topic, value=value, key=key)
+                break
+            except BufferError:  # the producer's queue is full: wait for deliveries
+                self.producer.poll(0.1)
+        self.producer.poll(0)
 
     # -- the loop -------------------------------------------------------------------
 
@@ -72,17 +106,41 @@ class WorkerLoop:
 
     def step(self, timeout: float) -> None:
         self.collect_finished()
+        self.retry_held()
         self.flow_control()
         message = self.consumer.poll(timeout)
         self.last_poll = time.time()
         if message is not None and message.error() is None:
             self.tracker.begin(message.topic(), message.partition(), message.offset())
-            try:
-                self.handle(message)
-            except Exception as exc:  # never crash on input
-                self.finish_message(message)
-                self.dead_letter(message, f"internal error handling the command: {exc}", None)
+            if self.held:
+                self.held.append(message)  # fetched before the pause took effect
+            else:
+                self.dispatch(message)
         self.commit()
+        if self.publisher.due():
+            self.publisher.publish(self.gauges())
+
+    def dispatch(self, message: Any) -> bool:
+        """Handle one message; False when it has to wait (it is then held)."""
+        try:
+            self.handle(message)
+        except Exception as exc:
+            if isinstance(exc, NotYet) or is_transient(exc):
+                if not self.held or self.held[0] is not message:
+                    self.held.appendleft(message)
+                self.held_until = time.monotonic() + self.backoff.next_delay()
+                return False
+            log.exception("a control message could not be handled")
+            self.finish_message(message)
+            self.dead_letter(message, f"internal error handling the command: {exc}", None)
+        return True
+
+    def retry_held(self) -> None:
+        while self.held and time.monotonic() >= self.held_until:
+            if not self.dispatch(self.held[0]):
+                return
+            self.held.popleft()
+            self.backoff.reset()
 
     def handle(self, message: Any) -> None:
         command = messages.parse_command(message.value(), self.settings.kafka.max_command_bytes,
@@ -96,12 +154,13 @@ class WorkerLoop:
             self.finish_message(message)
             return
         execution_id = command.execution_id
-        known = self.redis.hget(status_key(execution_id), "status")
-        known_status = known.decode() if isinstance(known, bytes) else known
-        if known_status in TERMINAL or execution_id in self.runs:
-            self.publish(execution_id, "duplicate",
-                         error={"type": "Duplicate",
-                                "message": f"the execution is {known_status or 'running'}"})
+        local = self.runs.get(execution_id)
+        if local is not None and local.handover:
+            raise NotYet(execution_id)  # resumed once the earlier run has stopped
+        ended = self.endings.ended(execution_id) if local is None else "running"
+        if ended is not None:
+            self.publish(execution_id, "duplicate", error={
+                "type": "Duplicate", "message": f"the execution is {ended}"})
             self.finish_message(message)
             return
         run = Run(execution_id, Position(message.topic(), message.partition(),
@@ -112,19 +171,21 @@ class WorkerLoop:
     def stop(self, command: Any) -> None:
         execution_id = command.execution_id
         local = self.runs.get(execution_id)
-        # Whoever runs it sees the request in Redis; a local run is told at once.
-        self.redis.set(stop_key(execution_id), command.mode, ex=24 * 3600)
-        if local is not None:
+        if local is not None and not local.handover:
+            # Also in Redis: the run may be waiting for a lease another worker holds.
+            self.stops.request(execution_id, command.mode)
             local.request_stop(command.mode)
             return
-        lease = self.redis.get(f"jarvis:lease:{execution_id}")
-        if lease is None and command.mode == "cancel":
-            directory = ExecutionDir(self.settings.state_dir, execution_id)
-            directory.remove()
-            self.redis.hset(status_key(execution_id), mapping={
-                "status": "cancelled", "worker": self.worker_id, "ts": time.time()})
-            self.redis.delete(stop_key(execution_id))
+        if self.leases.holder(execution_id) is not None:
+            self.stops.request(execution_id, command.mode)  # its renewer sees it
+            return
+        if command.mode == "cancel" and self.endings.ended(execution_id) is None:
+            # Nobody runs it (it is suspended, or never started): cancel it here.
+            self.endings.cancel(execution_id)
+            self.endings.record(execution_id, "cancelled", self.worker_id)
+            self.stops.clear(execution_id)
             self.publish(execution_id, "cancelled")
+        # A suspend of an execution that does not run has nothing to do.
 
     def finish_message(self, message: Any) -> None:
         self.tracker.finish(message.topic(), message.partition(), message.offset())
@@ -135,22 +196,30 @@ class WorkerLoop:
                 run = self.done.get_nowait()
             except queue.Empty:
                 return
-            self.runs.pop(run.execution_id, None)
-            if run.outcome_status == "fenced":
-                continue  # another worker owns it, and its offset
-            if run.handover and run.outcome_status == "suspended":
-                continue  # resumed by whoever consumes the partition next
+            if self.runs.get(run.execution_id) is run:
+                del self.runs[run.execution_id]
+            status = run.outcome_status
+            if status in (HANDOVER, FENCED) or (run.handover and status == "suspended"):
+                continue  # the partition's next owner resumes it
             self.tracker.finish(run.position.topic, run.position.partition,
                                 run.position.offset)
 
     def flow_control(self) -> None:
-        full = len(self.runs) >= self.settings.max_concurrency
-        if full and not self.paused:
-            self.consumer.pause(self.consumer.assignment())
-            self.paused = True
-        elif not full and self.paused:
-            self.consumer.resume(self.consumer.assignment())
-            self.paused = False
+        """Pause every assigned partition while full or holding a command; else resume."""
+        hold = bool(self.held) or len(self.runs) >= self.settings.max_concurrency
+        if hold:
+            fresh = [p for p in self.consumer.assignment() if _tp(p) not in self.paused]
+            if fresh:
+                self.consumer.pause(fresh)
+                self.paused.update(_tp(p) for p in fresh)
+        elif self.paused:
+            from confluent_kafka import TopicPartition
+
+            assigned = {_tp(p) for p in self.consumer.assignment()}
+            again = [TopicPartition(t, p) for t, p in self.paused if (t, p) in assigned]
+            if again:
+                self.consumer.resume(again)
+            self.paused.clear()
 
     def commit(self) -> None:
         positions = self.tracker.positions()
@@ -162,45 +231,85 @@ class WorkerLoop:
                    for (topic, partition), position in positions.items()]
         try:
             self.consumer.commit(offsets=offsets, asynchronous=False)
-        except Exception:
+        except Exception as exc:
+            log.info("commit of %s failed (tried again): %s", positions, exc)
             return  # retried on the next step (e.g. during a rebalance)
         for (topic, partition), position in positions.items():
             self.tracker.committed(topic, partition, position)
 
     def revoked(self, partitions: list[Any]) -> None:
         """Partitions taken away: suspend their runs so the new owner resumes them."""
-        lost = {(p.topic, p.partition) for p in partitions}
-        waiting = [run for run in self.runs.values()
+        lost = {_tp(p) for p in partitions}
+        leaving = [run for run in self.runs.values()
                    if (run.position.topic, run.position.partition) in lost]
-        for run in waiting:
-            run.handover = True
-            run.request_stop("suspend")
-        for run in waiting:
+        for run in leaving:
+            run.hand_over()
+        deadline = time.monotonic() + self.settings.shutdown_grace_seconds
+        for run in leaving:
             if run.thread is not None:
-                run.thread.join(timeout=self.settings.shutdown_grace_seconds)
+                run.thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        self.collect_finished()
+        self.held = deque(m for m in self.held if (m.topic(), m.partition()) not in lost)
+        self.paused -= lost
         for topic, partition in lost:
             self.tracker.forget(topic, partition)
 
     def shutdown(self) -> None:
         """SIGTERM: stop consuming, snapshot running executions, leave their offsets."""
         for run in list(self.runs.values()):
-            run.handover = True
-            run.request_stop("suspend")
+            run.hand_over()
         deadline = time.monotonic() + self.settings.shutdown_grace_seconds
         for run in list(self.runs.values()):
             if run.thread is not None:
                 run.thread.join(timeout=max(0.0, deadline - time.monotonic()))
         self.collect_finished()
+        self.commit()
         # Suspended runs are not finished messages: their offsets stay uncommitted,
         # so the next owner of the partition resumes them.
         self.producer.flush(10)
 
+    # -- what the worker reports about itself ---------------------------------------
+
+    def gauges(self) -> Gauges:
+        in_progress = sum(len(self.tracker.in_progress(t, p))
+                          for t, p in {_tp(q) for q in self._assignment()})
+        return Gauges(running=len(self.runs), capacity=self.settings.max_concurrency,
+                      paused=bool(self.paused), queue_depth=in_progress,
+                      consumer_lag=self.consumer_lag())
+
+    def consumer_lag(self) -> int:
+        """Messages of this worker's partitions not read yet (high watermark - position)."""
+        lag = 0
+        try:
+            assigned = self._assignment()
+            if not assigned:
+                return 0
+            for position in self.consumer.position(assigned):
+                _low, high = self.consumer.get_watermark_offsets(position, cached=True)
+                if high >= 0 and position.offset >= 0:
+                    lag += max(0, high - position.offset)
+        except Exception:  # no figures while Kafka is away
+            return lag
+        return lag
+
+    def _assignment(self) -> list[Any]:
+        try:
+            return list(self.consumer.assignment())
+        except Exception:
+            return []
+
     def heartbeat(self, path: Path, kafka_ok: bool, redis_ok: bool, state_ok: bool) -> None:
+        with self.counts_lock:
+            counts = dict(self.counts)
         record = {
             "ts": time.time(), "worker": self.worker_id, "last_poll": self.last_poll,
             "kafka": kafka_ok, "redis": redis_ok, "state_dir": state_ok,
-            "running": len(self.runs), "paused": self.paused, "counts": self.counts,
+            "running": len(self.runs), "paused": bool(self.paused), "counts": counts,
         }
         temp = path.with_suffix(".tmp")
         temp.write_text(json.dumps(record))
         temp.replace(path)
+
+
+def _tp(partition: Any) -> tuple[str, int]:
+    return (partition.topic, partition.partition)

@@ -2,39 +2,51 @@
 
 A `Run` is started by the worker loop for a valid start command and runs in a thread
 of its own (the program itself runs in a child process; this thread performs its
-effects). It holds the execution's lease while it runs, renews it, watches Redis for
-stop requests, and reports every step as a status event. When it ends it hands its
-offset back to the loop, which alone talks to the consumer.
+effects). It takes the execution's lease (waiting while another worker hands it
+over), renews it, watches Redis for stop requests, and reports every step as a status
+event. When it ends it hands its offset back to the loop, which alone talks to the
+consumer.
+
+A run that loses its lease while this worker still holds the start command (Redis
+lost the lease, or stayed away longer than `reconnect_seconds`) tries again, quietly:
+if another worker finished the execution meanwhile, it ends without a word, and
+otherwise it resumes from the checkpoint.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final, TypeVar
 
 from jarvis.compiler import Compilation
-from jarvis.runtime.books import BookRegistry
+from jarvis.runtime.books import Book, BookRegistry
 from jarvis.runtime.execution import Execution, error_record
 from jarvis.runtime.isolation import ChildPool
 from jarvis.runtime.machine import Outcome
 from jarvis.runtime.statedir import ExecutionDir
 from jarvis.settings import WorkerSettings
-from jarvis.worker.leases import Fence, FencedOff, Leases
+from jarvis.worker.endings import TERMINAL, Endings
+from jarvis.worker.leases import Fence, FencedOff, Lease, Leases, read_fence
 from jarvis.worker.logs import KafkaLogSink
 from jarvis.worker.messages import effective_limits
+from jarvis.worker.metrics import WorkerMetrics
+from jarvis.worker.retry import Backoff, is_transient
+from jarvis.worker.stops import StopRequests
 
-TERMINAL = frozenset({"completed", "failed", "cancelled"})
+log = logging.getLogger("jarvis.worker")
 
+HANDOVER: Final = "handover"
+"""The run gave the execution up (shutdown, rebalance): its offset stays uncommitted."""
+FENCED: Final = "fenced"
+"""Another worker owns the execution now; this one says nothing more about it."""
+DUPLICATE: Final = "duplicate"
+"""The execution had already ended: nothing was run."""
 
-def stop_key(execution_id: str) -> str:
-    return f"jarvis:stop:{execution_id}"
-
-
-def status_key(execution_id: str) -> str:
-    return f"jarvis:status:{execution_id}"
+T = TypeVar("T")
 
 
 @dataclass
@@ -58,14 +70,57 @@ class Run:
     stop_event: threading.Event = field(default_factory=threading.Event)
     outcome_status: str | None = None
     started: float = field(default_factory=time.monotonic)
-    # Suspended to hand over to another worker (shutdown, rebalance): the start's offset
-    # stays uncommitted so the partition's next owner resumes it.
+    # Given up to another worker (shutdown, rebalance): the start's offset stays
+    # uncommitted so the partition's next owner resumes it.
     handover: bool = False
 
     def request_stop(self, mode: str) -> None:
         if self.stop_mode != "cancel":
             self.stop_mode = mode
         self.stop_event.set()
+
+    def hand_over(self) -> None:
+        self.handover = True
+        self.request_stop("suspend")
+
+
+class _HandedOver(Exception):
+    """The run was handed over while it waited for Redis or for the lease."""
+
+
+class _FencedBook:
+    """A Book whose every call first checks that this worker still owns the execution."""
+
+    def __init__(self, book: Book, guard: Callable[[], None]) -> None:
+        self.book = book
+        self.name = book.name
+        self.guard = guard
+
+    def call(self, procedure: str, args: list[Any], kwargs: dict[str, Any],
+             idempotency_key: str) -> Any:
+        self.guard()
+        return self.book.call(procedure, args, kwargs, idempotency_key)
+
+
+class _FencedBooks(BookRegistry):
+    """The worker's Book registry as one run sees it: calls are fenced."""
+
+    def __init__(self, books: BookRegistry, guard: Callable[[], None]) -> None:
+        super().__init__()
+        self.books = books
+        self.guard = guard
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.books
+
+    def names(self) -> list[str]:
+        return self.books.names()
+
+    def get(self, name: str) -> Book:
+        return _FencedBook(self.books.get(name), self.guard)
+
+    def close(self) -> None:
+        pass  # the worker's registry outlives the run
 
 
 class Runner:
@@ -82,6 +137,7 @@ class Runner:
         publish: Callable[..., None],
         load_program: Callable[[Any], tuple[bytes, str]],
         finished: Callable[[Run], None],
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self.settings = settings
         self.worker_id = worker_id
@@ -92,113 +148,227 @@ class Runner:
         self.publish = publish
         self.load_program = load_program
         self.finished = finished
+        self.metrics = metrics or WorkerMetrics()
         self.leases = Leases(redis, worker_id, settings.redis.lease_seconds)
+        self.endings = Endings(redis, settings.state_dir)
+        self.stops = StopRequests(redis)
 
     def start(self, run: Run) -> None:
         run.thread = threading.Thread(target=self._thread, args=(run,),
                                       name=f"run-{run.execution_id}", daemon=True)
         run.thread.start()
 
+    # -- attempts -------------------------------------------------------------------
+
     def _thread(self, run: Run) -> None:
         try:
-            run.outcome_status = self._run(run)
+            run.outcome_status = self._attempts(run)
         except Exception as exc:  # the worker must go on whatever one run does
+            log.exception("execution %s: the run failed", run.execution_id)
             run.outcome_status = "failed"
             self.publish(run.execution_id, "failed",
                          error={"type": type(exc).__name__, "message": str(exc)})
         finally:
+            self.metrics.run_ended(run.outcome_status or "failed",
+                                   time.monotonic() - run.started)
             self.finished(run)
 
-    def _run(self, run: Run) -> str:
+    def _attempts(self, run: Run) -> str:
+        backoff = Backoff(first=0.2, ceiling=max(self.settings.redis.lease_seconds, 1.0))
+        quiet = False
+        while True:
+            try:
+                status = self._attempt(run, quiet)
+            except _HandedOver:
+                return HANDOVER
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                log.warning("execution %s: %s; trying again", run.execution_id, exc)
+                status = FENCED
+            if status != FENCED or run.handover:
+                return status
+            # The lease was lost, but the start command is still this worker's.
+            quiet = True
+            if not self._pause(run, backoff.next_delay()):
+                return HANDOVER
+            run.stop_event.clear()
+            if run.stop_mode is not None:
+                run.stop_event.set()
+
+    def _attempt(self, run: Run, quiet: bool) -> str:
         execution_id = run.execution_id
-        lease = self.leases.acquire(execution_id)
-        if lease is None:
-            self.publish(execution_id, "duplicate",
-                         error={"type": "Running", "message": "another worker runs it"})
-            return "duplicate"
+        directory = ExecutionDir(self.settings.state_dir, execution_id)
+        lease = self._take_lease(run, directory)
+        fence = Fence(directory.root, lease, self.leases, self.settings.redis.reconnect_seconds)
         keep_alive = threading.Event()
         renewer = threading.Thread(target=self._renew, args=(run, lease, keep_alive),
-                                   daemon=True)
+                                   name=f"lease-{execution_id}", daemon=True)
         try:
-            directory = ExecutionDir(self.settings.state_dir, execution_id)
+            ended = self._retrying(run, lambda: self.endings.ended(execution_id))
+            if ended is not None:
+                if not quiet:
+                    self.publish(execution_id, DUPLICATE, error={
+                        "type": "Duplicate", "message": f"the execution is {ended}"})
+                return DUPLICATE
             directory.create()
-            fence = Fence(directory.root, lease)
             fence.claim()
             renewer.start()
-            source, path = self.load_program(run.command)
-            command = run.command
-            trace = command.trace or self.settings.trace_level
-            compilation = Compilation.of(source, path)
-            if not compilation.ok:
-                first = compilation.diagnostics[0]
-                self.publish(execution_id, "failed", error={
-                    "type": first.code, "message": first.message,
-                    "line": first.line, "col": first.col})
-                return "failed"
-            program = compilation.program(trace)
-            resumed = directory.journal.exists()
-            self.publish(execution_id, "resumed" if resumed else "started",
-                         attempt=lease.token)
-            sink = KafkaLogSink(self.producer, self.settings.kafka.logs_topic, execution_id,
-                                last_delivered=directory.read_trace_seq() or 0)
-            limits = effective_limits(self.settings.limits, command.limits)
-            settings = self.settings.model_copy(update={"limits": limits})
-            execution = Execution(
-                program, execution_id=execution_id, inputs=dict(command.inputs),
-                books=self.books, settings=settings, sink=sink,
-                stop_requested=run.stop_event.is_set, guard=fence.guard,
-                isolation=self.pool,
-            )
-            outcome = execution.run()
-            sink.flush()
-            return self._report(run, outcome, directory, lease.token)
+            return self._execute(run, directory, fence, lease)
         except FencedOff as exc:
-            # Another worker owns the execution now: say nothing more about it.
+            log.warning("execution %s: %s; this worker says nothing more about it",
+                        execution_id, exc)
             run.stop_event.set()
-            del exc
-            return "fenced"
+            return FENCED
         finally:
             keep_alive.set()
             if renewer.is_alive():
                 renewer.join(timeout=5)
-            self.leases.release(lease)
+            try:
+                self.leases.release(lease)
+            except Exception:  # Redis away: the lease lapses by itself
+                log.debug("execution %s: lease not released", execution_id, exc_info=True)
 
-    def _report(self, run: Run, outcome: Outcome, directory: ExecutionDir, token: int) -> str:
+    def _execute(self, run: Run, directory: ExecutionDir, fence: Fence, lease: Lease) -> str:
+        execution_id = run.execution_id
+        command = run.command
+        source, path = self.load_program(command)
+        compilation = Compilation.of(source, path)
+        if not compilation.ok:
+            first = compilation.diagnostics[0]
+            error = {"type": first.code, "message": first.message,
+                     "line": first.line, "col": first.col}
+            fence.guard()
+            directory.write_status({"status": "failed", "error": error})
+            self.publish(execution_id, "failed", attempt=lease.token, error=error)
+            self._remember(run, "failed")
+            return "failed"
+        program = compilation.program(command.trace or self.settings.trace_level)
+        resumed = directory.journal.exists()
+        self.publish(execution_id, "resumed" if resumed else "started", attempt=lease.token)
+        sink = KafkaLogSink(self.producer, self.settings.kafka.logs_topic, execution_id,
+                            last_delivered=directory.read_trace_seq() or 0,
+                            guard=fence.guard, on_events=self.metrics.count_trace_events)
+        limits = effective_limits(self.settings.limits, command.limits)
+
+        def checkpointed(counters: dict[str, int]) -> None:
+            self.publish(execution_id, "checkpointed", attempt=lease.token, counters=counters)
+
+        execution = Execution(
+            program, execution_id=execution_id, inputs=dict(command.inputs),
+            books=_FencedBooks(self.books, fence.guard),
+            settings=self.settings.model_copy(update={"limits": limits}), sink=sink,
+            stop_requested=run.stop_event.is_set, guard=fence.guard,
+            isolation=self.pool, on_snapshot=checkpointed,
+        )
+        outcome = execution.run()
+        sink.flush()
+        if not fence.holds():
+            raise FencedOff(fence.refused or "the lease was lost")
+        if outcome.status == "failed" and outcome.error is not None \
+                and is_transient(outcome.error):
+            raise outcome.error  # the state directory failed, not the program
+        return self._report(run, outcome, fence, lease.token)
+
+    def _report(self, run: Run, outcome: Outcome, fence: Fence, token: int) -> str:
         execution_id = run.execution_id
         if outcome.status == "suspended" and run.stop_mode == "cancel":
-            directory.remove()
+            fence.guard()
+            self.endings.cancel(execution_id)
             self.publish(execution_id, "cancelled", attempt=token, counters=outcome.counters)
-            self._remember(execution_id, "cancelled")
+            self._remember(run, "cancelled")
             return "cancelled"
-        if outcome.status == "failed" and isinstance(outcome.error, FencedOff):
-            return "fenced"
         error = error_record(outcome) if outcome.error is not None else None
         self.publish(execution_id, outcome.status, attempt=token, result=outcome.outputs,
                      error=error, counters=outcome.counters)
         if outcome.status in TERMINAL:
-            self._remember(execution_id, outcome.status)
-        if outcome.status == "suspended" and run.stop_mode == "suspend":
-            self.redis.delete(stop_key(execution_id))
+            self._remember(run, outcome.status)
+        elif outcome.status == "suspended" and run.stop_mode == "suspend" and not run.handover:
+            self._quietly(lambda: self.stops.clear(execution_id))
         return outcome.status
 
-    def _remember(self, execution_id: str, status: str) -> None:
-        self.redis.hset(status_key(execution_id), mapping={
-            "status": status, "worker": self.worker_id, "ts": time.time()})
-        self.redis.delete(stop_key(execution_id))
+    # -- Redis ----------------------------------------------------------------------
 
-    def _renew(self, run: Run, lease: Any, done: threading.Event) -> None:
+    def _take_lease(self, run: Run, directory: ExecutionDir) -> Lease:
+        """The execution's lease; waits while another worker holds it or Redis is away."""
+        poll = min(max(self.settings.redis.lease_seconds / 4, 0.05), 1.0)
+        backoff = Backoff()
+        while True:
+            if run.handover:
+                raise _HandedOver()
+            try:
+                lease = self.leases.acquire(run.execution_id, read_fence(directory.root))
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                delay = backoff.next_delay()
+            else:
+                if lease is not None:
+                    return lease
+                delay = poll  # held by a worker that is handing it over, or stale
+            if not self._pause(run, delay):
+                raise _HandedOver()
+
+    def _retrying(self, run: Run, action: Callable[[], T]) -> T:
+        """`action()`, tried again while Redis or the file system is away."""
+        backoff = Backoff()
+        while True:
+            try:
+                return action()
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+            if not self._pause(run, backoff.next_delay()):
+                raise _HandedOver()
+
+    def _remember(self, run: Run, status: str) -> None:
+        """Record the ending in Redis; the state directory has it anyway, so a Redis
+        that stays away past `reconnect_seconds` is not waited for."""
+        give_up = time.monotonic() + self.settings.redis.reconnect_seconds
+        backoff = Backoff()
+        while True:
+            try:
+                self.endings.record(run.execution_id, status, self.worker_id)
+                self.stops.clear(run.execution_id)
+                return
+            except Exception as exc:
+                if not is_transient(exc) or time.monotonic() >= give_up:
+                    log.warning("execution %s: its ending was not recorded in Redis: %s",
+                                run.execution_id, exc)
+                    return
+            time.sleep(backoff.next_delay())
+
+    def _quietly(self, action: Callable[[], Any]) -> None:
+        try:
+            action()
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+
+    @staticmethod
+    def _pause(run: Run, seconds: float) -> bool:
+        """Sleep `seconds`; False as soon as the run is handed over."""
+        deadline = time.monotonic() + seconds
+        while not run.handover:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return True
+            time.sleep(min(remaining, 0.05))
+        return False
+
+    def _renew(self, run: Run, lease: Lease, done: threading.Event) -> None:
         interval = max(self.settings.redis.lease_seconds / 3, 0.05)
         poll = min(interval, 0.2)
         next_renewal = time.monotonic() + interval
         while not done.wait(poll):
             try:
-                mode = self.redis.get(stop_key(run.execution_id))
+                mode = self.stops.pending(run.execution_id)
                 if mode:
-                    run.request_stop(mode.decode() if isinstance(mode, bytes) else str(mode))
+                    run.request_stop(mode)
                 if time.monotonic() >= next_renewal:
                     next_renewal = time.monotonic() + interval
                     if not self.leases.renew(lease):
                         run.stop_event.set()  # lost: stop, and the fence refuses writes
                         return
-            except Exception:  # Redis briefly away: the lease deadline protects the state
+            except Exception:  # Redis briefly away: the guard waits for it before writing
                 continue

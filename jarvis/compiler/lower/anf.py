@@ -13,8 +13,10 @@ as they are: native Python. The rest are taken apart:
 from __future__ import annotations
 
 import ast
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeGuard
 
 from jarvis.compiler.lower.blocks import (
     BOOK,
@@ -163,10 +165,42 @@ class FunctionLowering:
 
     def stmt_Assign(self, node: ast.Assign) -> None:
         value = self.expr(node.value)
-        if any(self.has(t) for t in node.targets):
-            value = self.spill(value)
-        targets = [self.target(t) for t in node.targets]
-        self.builder.emit(ast.copy_location(ast.Assign(targets=targets, value=value), node))
+        if not any(self.has(t) for t in node.targets):
+            self.builder.emit(ast.copy_location(ast.Assign(targets=node.targets, value=value),
+                                                node))
+            return
+        # Python stores into the targets one by one, left to right, evaluating each
+        # target's parts just before its store.
+        value = self.spill(value, force=len(node.targets) > 1)
+        for target in node.targets:
+            self.store(target, value, node)
+
+    def store(self, target: ast.expr, value: ast.expr, where: ast.AST) -> None:
+        """`target = value` (`value` a name or constant), the target's parts evaluated
+        where Python evaluates them: a tuple target is unpacked first, then each of its
+        elements is stored in order."""
+        if not self.has(target):
+            self.builder.emit(ast.copy_location(ast.Assign(targets=[target], value=value),
+                                                where))
+            return
+        if isinstance(target, (ast.Tuple, ast.List)):
+            parts: list[tuple[ast.expr, str]] = []
+            unpacked: list[ast.expr] = []
+            for element in target.elts:
+                temp = self.builder.temp()
+                if isinstance(element, ast.Starred):
+                    parts.append((element.value, temp))
+                    unpacked.append(ast.Starred(value=name(temp, store=True), ctx=ast.Store()))
+                else:
+                    parts.append((element, temp))
+                    unpacked.append(name(temp, store=True))
+            self.builder.emit(ast.copy_location(ast.Assign(
+                targets=[ast.Tuple(elts=unpacked, ctx=ast.Store())], value=value), where))
+            for element, temp in parts:
+                self.store(element, name(temp), where)
+            return
+        self.builder.emit(ast.copy_location(ast.Assign(targets=[self.target(target)],
+                                                       value=value), where))
 
     def stmt_AugAssign(self, node: ast.AugAssign) -> None:
         target = node.target
@@ -184,6 +218,11 @@ class FunctionLowering:
                            value=name(old)),
             )
             return
+        if self.has(node.value):
+            # Python reads the target before the value: an unbound one fails first.
+            loaded = copy.copy(target)
+            loaded.ctx = ast.Load()
+            self.spill(loaded)
         value = self.expr(node.value)
         self.builder.emit(ast.copy_location(
             ast.AugAssign(target=target, op=node.op, value=value), node))
@@ -257,9 +296,10 @@ class FunctionLowering:
 
     def stmt_FunctionDef(self, node: ast.FunctionDef) -> None:
         # Only a plain def whose defaults suspend gets here.
-        defaults = self.sequence(list(node.args.defaults))
-        kw_defaults = self.sequence(list(node.args.kw_defaults))
-        copy = ast.FunctionDef(
+        count = len(node.args.defaults)
+        evaluated = self.sequence([*node.args.defaults, *node.args.kw_defaults])
+        defaults, kw_defaults = evaluated[:count], evaluated[count:]
+        definition = ast.FunctionDef(
             name=node.name,
             args=ast.arguments(
                 posonlyargs=node.args.posonlyargs, args=node.args.args, vararg=node.args.vararg,
@@ -268,7 +308,7 @@ class FunctionLowering:
             ),
             body=node.body, decorator_list=[], returns=None, type_comment=None,
         )
-        self.builder.emit(ast.copy_location(copy, node))
+        self.builder.emit(ast.copy_location(definition, node))
 
     def stmt_If(self, node: ast.If) -> None:
         test = self.expr(node.test)
@@ -311,9 +351,7 @@ class FunctionLowering:
         done = ast.Compare(left=name(item), ops=[ast.Is()], comparators=[name("_jv_END")])
         self.builder.branch(done, otherwise, loop_body)
         self.builder.start(loop_body)
-        target = self.target(node.target)
-        self.builder.emit(ast.copy_location(ast.Assign(targets=[target], value=name(item)),
-                                            node.target))
+        self.store(node.target, name(item), node.target)
         self.state.loops.append(_Loop(head, after, len(self.state.finallys)))
         self.body(node.body)
         self.state.loops.pop()
@@ -383,14 +421,14 @@ class FunctionLowering:
                     kind = self.expr(handler.type)
                     b.branch(call("_jv_exc_match", name(caught), kind), handler_start, next_test)
                 b.start(handler_start)
+                statements = handler.body
                 if handler.name is not None:
                     b.emit(assign(handler.name, name(caught)))
+                    if not handler.name.startswith("_jv_"):  # (a boxed one unbinds its cell)
+                        statements = [_unbinding(handler.name, handler)]
                 self.state.handling.append(("handler", caught))
-                self.body(handler.body)
+                self.body(statements)
                 self.state.handling.pop()
-                if handler.name is not None and b.current is not None:
-                    # Python unbinds the name when the handler ends.
-                    b.emit(ast.Delete(targets=[ast.Name(id=handler.name, ctx=ast.Del())]))
                 if fin and b.current is not None:
                     b.emit(assign(f"_jv_c{fin.index}", const(None)))
                 b.jump(fin.start if fin else after)
@@ -495,14 +533,27 @@ class FunctionLowering:
 
     def spill(self, value: ast.expr, force: bool = False) -> ast.expr:
         if _stable(value) and not force:
+            if not isinstance(value, ast.Constant) and not _internal(value):
+                # Its value cannot change, but reading it can fail (a name not bound
+                # yet): read it now, so that it fails before what follows runs.
+                self.builder.emit(ast.Expr(value=value))
             return value
         temp = self.builder.temp()
         self.builder.emit(assign(temp, value))
         return name(temp)
 
-    def sequence(self, nodes: list[ast.expr | None]) -> list[ast.expr | None]:
+    def sequence(self, nodes: list[ast.expr | None],
+                 packer: Callable[[], ast.expr] | None = None,
+                 late_star: bool = False) -> list[ast.expr | None]:
         """Lower expressions evaluated left to right; keep earlier values in temporaries
-        when a later one suspends."""
+        when a later one suspends.
+
+        `*` and `**` operands are unpacked where they stand, as Python does, with two
+        exceptions in a call's arguments: a `*` operand that is the only positional
+        one (`late_star`) is iterated by the call itself, and `**` operands are merged
+        by `packer()`, the call's `ArgumentPacker`, so that Python's errors name the
+        callee as in the call.
+        """
         last = max((i for i, n in enumerate(nodes) if self.has(n)), default=-1)
         out: list[ast.expr | None] = []
         for index, node in enumerate(nodes):
@@ -511,7 +562,9 @@ class FunctionLowering:
                 continue
             if isinstance(node, ast.Starred):
                 value = self.expr(node.value)
-                if index < last:
+                if index < last and late_star:
+                    value = self.spill(value)
+                elif index < last:
                     value = self.spill(ast.List(elts=[ast.Starred(value=value, ctx=ast.Load())],
                                                 ctx=ast.Load()), force=True)
                 out.append(ast.Starred(value=value, ctx=ast.Load()))
@@ -519,8 +572,15 @@ class FunctionLowering:
             if _is_merge(node):
                 # A `**mapping` operand: Python merges it where it stands, so when a later
                 # part suspends, keep a copy made now.
-                merged = _merge(self.expr(node.values[0]))
-                out.append(self.spill(merged, force=True) if index < last else merged)
+                merged: ast.expr = _merge(self.expr(node.values[0]))
+                if index < last:
+                    if packer is not None:
+                        merged = ast.Subscript(
+                            value=ast.Call(func=packer(), args=[], keywords=[
+                                ast.keyword(arg=None, value=_merged(merged))]),
+                            slice=const(1), ctx=ast.Load())
+                    merged = self.spill(merged, force=True)
+                out.append(merged)
                 continue
             lowered = self.expr(node)
             if index < last:
@@ -537,32 +597,66 @@ class FunctionLowering:
         result: ast.expr = method(node)
         return result
 
-    def arguments(self, node: ast.Call, head: list[ast.expr]) -> tuple[list[ast.expr],
-                                                                      list[ast.expr],
-                                                                      list[ast.keyword]]:
-        """Lower `head` (callee parts), then positional and keyword arguments in order."""
+    def arguments(
+        self, node: ast.Call, callee: ast.expr | None, effect: bool = False,
+    ) -> tuple[ast.expr | None, list[ast.expr], list[ast.keyword], ast.expr | None]:
+        """Lower the callee, then the positional and keyword arguments, in order.
+
+        Returns the callee, the arguments, and the call's `ArgumentPacker` if it has one:
+        a call with `*` or `**` operands has one when an operand is unpacked before the
+        call (a later argument suspends) or when the call is an `effect` (the engine
+        makes the call, so the packer collects the arguments).
+        """
         keyword_values: list[ast.expr | None] = [
             _merge(k.value) if k.arg is None else k.value for k in node.keywords
         ]
-        lowered = self.sequence([*head, *node.args, *keyword_values])
-        head_out = [e for e in lowered[: len(head)] if e is not None]
-        args_out = [e for e in lowered[len(head): len(head) + len(node.args)] if e is not None]
+        parts = [*node.args, *keyword_values]
+        packing = callee is not None and (
+            any(isinstance(a, ast.Starred) for a in node.args)
+            or any(k.arg is None for k in node.keywords))
+        later = any(self.has(p) for p in parts)
+        lowered_callee: ast.expr | None = None
+        if isinstance(callee, ast.Attribute):
+            # A method (or a Book's procedure): keep the receiver, and look the method
+            # up now, so that a missing one fails here; the bound method is not kept.
+            receiver = self.expr(callee.value)
+            if later:
+                receiver = self.spill(receiver)
+            lowered_callee = ast.Attribute(value=receiver, attr=callee.attr, ctx=ast.Load())
+            if later:
+                self.builder.emit(ast.Expr(value=lowered_callee))
+        elif callee is not None:
+            lowered_callee = self.expr(callee)
+            if later or (packing and effect):
+                # (A callee used twice, by the call and by its packer, is evaluated once.)
+                lowered_callee = self.spill(lowered_callee)
+        made: list[ast.expr] = []
+
+        def packer() -> ast.expr:
+            if not made:
+                assert lowered_callee is not None
+                made.append(self.spill(call("_jv_pack", lowered_callee), force=True))
+            return made[0]
+
+        late_star = len(node.args) == 1 and isinstance(node.args[0], ast.Starred)
+        lowered = self.sequence(parts, packer if packing else None, late_star)
+        args_out = [e for e in lowered[: len(node.args)] if e is not None]
         keywords_out = [
             ast.keyword(arg=k.arg, value=_merged(v) if k.arg is None else v)
-            for k, v in zip(node.keywords, lowered[len(head) + len(node.args):], strict=True)
+            for k, v in zip(node.keywords, lowered[len(node.args):], strict=True)
             if v is not None
         ]
-        return head_out, args_out, keywords_out
+        if packing and effect:
+            packer()
+        return lowered_callee, args_out, keywords_out, made[0] if made else None
 
     def expr_Call(self, node: ast.Call) -> ast.expr:
         if id(node) in self.context.sites:
             return self.suspending_call(node)
-        func = node.func
-        if isinstance(func, ast.Attribute):
-            (receiver,), args, keywords = self.arguments(node, [func.value])
-            method = ast.Attribute(value=receiver, attr=func.attr, ctx=ast.Load())
-            return ast.Call(func=method, args=args, keywords=keywords)
-        (callee,), args, keywords = self.arguments(node, [func])
+        # The callee first, a method included: Python looks a method up before it
+        # evaluates the arguments, so a missing method fails before any Book is called.
+        callee, args, keywords, _ = self.arguments(node, node.func)
+        assert callee is not None
         return ast.Call(func=callee, args=args, keywords=keywords)
 
     def suspending_call(self, node: ast.Call) -> ast.expr:
@@ -572,23 +666,27 @@ class FunctionLowering:
             node.lineno, node.col_offset, node.end_lineno or node.lineno,
             node.end_col_offset or node.col_offset,
         ))
+        # The callee is evaluated for a call the engine makes; for a Book, sleep() or
+        # checkpoint() only to name it in errors of `*` and `**` operands.
+        callee, args, keywords, packer = self.arguments(node, node.func, effect=True)
+        target: ast.expr
         if kind == BOOK:
             assert isinstance(node.func, ast.Attribute) and isinstance(node.func.value, ast.Name)
-            target: ast.expr = const((self.context.book_names[node.func.value.id],
-                                       node.func.attr))
-            _, args, keywords = self.arguments(node, [])
+            target = const((self.context.book_names[node.func.value.id], node.func.attr))
         elif kind in (SLEEP, CHECKPOINT):
             target = const(None)
-            _, args, keywords = self.arguments(node, [])
         else:
-            (target,), args, keywords = self.arguments(node, [node.func])
-        effect = ast.Tuple(elts=[
-            const(kind),
-            target,
-            ast.Tuple(elts=args, ctx=ast.Load()),
-            ast.Call(func=name("_jv_kw"), args=[], keywords=keywords),
-            const(site),
-        ], ctx=ast.Load())
+            assert callee is not None
+            target = callee
+        collected: list[ast.expr]
+        if packer is not None:
+            # `packer(...)` is the pair (args, kwargs), collected with Python's checks.
+            collected = [ast.Starred(value=ast.Call(func=packer, args=args, keywords=keywords),
+                                     ctx=ast.Load())]
+        else:
+            collected = [ast.Tuple(elts=args, ctx=ast.Load()),
+                         ast.Call(func=name("_jv_kw"), args=[], keywords=keywords)]
+        effect = ast.Tuple(elts=[const(kind), target, *collected, const(site)], ctx=ast.Load())
         return self.builder.suspend(ast.copy_location(effect, node))
 
     def expr_BoolOp(self, node: ast.BoolOp) -> ast.expr:
@@ -736,12 +834,29 @@ class FunctionLowering:
         return ast.Lambda(args=arguments, body=node.body)
 
 
+def _internal(value: ast.expr) -> bool:
+    """A name of the compiler's own (a temporary, a hook): always bound."""
+    return isinstance(value, ast.Name) and value.id.startswith("_jv_")
+
+
+def _unbinding(variable: str, handler: ast.ExceptHandler) -> ast.Try:
+    """The body of `except E as variable:` as Python runs it: `variable` is unbound when
+    the handler ends, however it ends (`try: body finally: variable = None; del variable`)."""
+    statement = ast.Try(body=handler.body, handlers=[], orelse=[], finalbody=[
+        assign(variable, const(None)),
+        ast.Delete(targets=[ast.Name(id=variable, ctx=ast.Del())]),
+    ])
+    for node in (statement, *statement.finalbody):
+        ast.copy_location(node, handler)
+    return statement
+
+
 def _merge(value: ast.expr) -> ast.Dict:
     """`{**value}`: how `sequence` is told that an operand is a `**` merge."""
     return ast.Dict(keys=[None], values=[value])
 
 
-def _is_merge(node: ast.expr) -> bool:
+def _is_merge(node: ast.expr) -> TypeGuard[ast.Dict]:
     return isinstance(node, ast.Dict) and node.keys == [None]
 
 

@@ -150,6 +150,8 @@ class _Hoister:
                 type_comment=None,
             )
             replacement: ast.expr = ast.Name(id=name, ctx=ast.Load())
+            if not all(_simple(d) for d in [*node.args.defaults, *node.args.kw_defaults]):
+                definition.args, replacement = _defaults_at_site(node.args, name)
         else:
             assert isinstance(node, (ast.ListComp, ast.SetComp, ast.DictComp))
             name = f"_jv_comp{number}"
@@ -172,24 +174,31 @@ class _Hoister:
         self, name: str, node: ast.ListComp | ast.SetComp | ast.DictComp
     ) -> ast.FunctionDef:
         accumulator = ast.Name(id="_jv_acc", ctx=ast.Load())
+        add: list[ast.stmt]
         if isinstance(node, ast.ListComp):
             start: ast.expr = ast.List(elts=[], ctx=ast.Load())
-            add: ast.stmt = ast.Expr(ast.Call(
+            add = [ast.Expr(ast.Call(
                 func=ast.Attribute(value=accumulator, attr="append", ctx=ast.Load()),
-                args=[node.elt], keywords=[]))
+                args=[node.elt], keywords=[]))]
         elif isinstance(node, ast.SetComp):
             start = ast.Call(func=ast.Name(id="set", ctx=ast.Load()), args=[], keywords=[])
-            add = ast.Expr(ast.Call(
+            add = [ast.Expr(ast.Call(
                 func=ast.Attribute(value=accumulator, attr="add", ctx=ast.Load()),
-                args=[node.elt], keywords=[]))
+                args=[node.elt], keywords=[]))]
         else:
+            # Python evaluates a dict comprehension's key before its value.
             start = ast.Dict(keys=[], values=[])
-            add = ast.Assign(
-                targets=[ast.Subscript(value=accumulator, slice=node.key, ctx=ast.Store())],
-                value=node.value,
-            )
-        ast.copy_location(add, node)
-        inner: list[ast.stmt] = [add]
+            key = ast.Name(id="_jv_key", ctx=ast.Load())
+            add = [
+                ast.Assign(targets=[ast.Name(id="_jv_key", ctx=ast.Store())], value=node.key),
+                ast.Assign(
+                    targets=[ast.Subscript(value=accumulator, slice=key, ctx=ast.Store())],
+                    value=node.value,
+                ),
+            ]
+        for statement in add:
+            ast.copy_location(statement, node)
+        inner: list[ast.stmt] = add
         for index in range(len(node.generators) - 1, -1, -1):
             generator = node.generators[index]
             for condition in reversed(generator.ifs):
@@ -219,6 +228,36 @@ class _Hoister:
             returns=None,
             type_comment=None,
         )
+
+
+def _simple(default: ast.expr | None) -> bool:
+    """A default whose value is the same before its statement as where it stands."""
+    return default is None or isinstance(default, (ast.Constant, ast.Name))
+
+
+def _defaults_at_site(args: ast.arguments, name: str) -> tuple[ast.arguments, ast.expr]:
+    """A hoisted lambda's defaults are evaluated where the lambda stands, as Python does:
+    the `def` gets placeholders and the lambda becomes `_jv_defaults(name, (...), {...})`,
+    the function with the defaults evaluated there."""
+    placeholders = ast.arguments(
+        posonlyargs=args.posonlyargs, args=args.args, vararg=args.vararg,
+        kwonlyargs=args.kwonlyargs,
+        kw_defaults=[None if d is None else ast.Constant(value=None) for d in args.kw_defaults],
+        kwarg=args.kwarg, defaults=[ast.Constant(value=None) for _ in args.defaults],
+    )
+    keyword = [(a.arg, d) for a, d in zip(args.kwonlyargs, args.kw_defaults, strict=True)
+               if d is not None]
+    call = ast.Call(
+        func=ast.Name(id="_jv_defaults", ctx=ast.Load()),
+        args=[
+            ast.Name(id=name, ctx=ast.Load()),
+            ast.Tuple(elts=list(args.defaults), ctx=ast.Load()),
+            ast.Dict(keys=[ast.Constant(value=k) for k, _ in keyword],
+                     values=[d for _, d in keyword]),
+        ],
+        keywords=[],
+    )
+    return placeholders, call
 
 
 def _replace(root: ast.AST, old: ast.AST, new: ast.AST) -> None:

@@ -120,6 +120,40 @@ class _BoxRewriter(ast.NodeTransformer):
     def __init__(self, scopes: ScopeTable, boxed: set[tuple[int, str]]) -> None:
         self.scopes = scopes
         self.boxed = boxed
+        self.functions: list[Scope] = []
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.AST:
+        self.functions.append(self.scopes.by_node[id(node)])
+        self.generic_visit(node)
+        self.functions.pop()
+        return node
+
+    def visit_ExceptHandler(self, node: ast.ExceptHandler) -> ast.AST:
+        """`except E as e` with `e` boxed: bind the cell, and empty it when the handler
+        ends however it ends, as Python unbinds `e`."""
+        self.generic_visit(node)
+        if node.name is None or not self.functions:
+            return node
+        if (id(self.functions[-1].node), node.name) not in self.boxed:
+            return node
+        box = _box(node.name)
+        caught = f"_jv_caught_{node.name}"
+
+        def cell(ctx: ast.expr_context) -> ast.Attribute:
+            return ast.Attribute(value=name(box), attr="value", ctx=ctx)
+
+        body: list[ast.stmt] = [
+            ast.Assign(targets=[cell(ast.Store())], value=name(caught)),
+            ast.Try(body=node.body, handlers=[], orelse=[], finalbody=[
+                ast.Assign(targets=[cell(ast.Store())], value=const(None)),
+                ast.Delete(targets=[cell(ast.Del())]),
+            ]),
+        ]
+        for statement in body:
+            ast.copy_location(statement, node)
+        node.name = caught
+        node.body = body
+        return node
 
     def visit_Name(self, node: ast.Name) -> ast.AST:
         defining = self.scopes.resolution.get(id(node))
