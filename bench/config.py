@@ -22,6 +22,7 @@ class Config:
     monty: bool = True
     out_dir: Path = Path("docs")
     sections: tuple[str, ...] = ("cpu", "books", "durability", "compile")
+    page_only: bool = False
     started: float = field(default_factory=time.perf_counter)
 
     @property

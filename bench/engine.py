@@ -6,9 +6,10 @@
 - `run_execution`: an `Execution` under a fresh state directory: the real journal file
   (fsync on or off), snapshots by the given policy: the Book rows.
 
-Both time from building the Machine (the program's namespace included) to the end of
-its run; compiling is done before, through the program cache, and timed on its own
-rows.
+`run_machine` times from building the Machine (the program's namespace included) to
+the end of its run, `run_execution` the whole of `Execution.run()` (state directory,
+journal, Machine, run, status). Compiling is done before, through the program cache,
+and timed on its own rows.
 """
 
 from __future__ import annotations
@@ -67,10 +68,6 @@ def run_machine(program: CompiledProgram, inputs: Mapping[str, Any], sink: Sink,
     seconds = time.perf_counter() - started
     _check(outcome, expected)
     return Run(seconds, outcome, sink.last_delivered)
-
-
-def null_sink() -> Sink:
-    return NullSink()
 
 
 class JsonlFile:

@@ -40,6 +40,10 @@ def parse(argv: Sequence[str] | None) -> Config:
     parser.add_argument("--only", action="append", choices=SECTIONS,
                         help="run only this section (repeatable)")
     parser.add_argument("--no-monty", action="store_true", help="leave pydantic-monty out")
+    parser.add_argument("--page-only", action="store_true",
+                        help="measure nothing: judge the targets and render "
+                             "OUT/performance.md again from the figures in "
+                             "OUT/performance.json (after editing the intro, say)")
     args = parser.parse_args(argv)
     scale, repeats, warmup = (0.1, 3, 1) if args.quick else (1.0, 5, 1)
     scale = args.scale if args.scale is not None else scale
@@ -51,7 +55,8 @@ def parse(argv: Sequence[str] | None) -> Config:
     if out is None:
         out = ROOT / "docs" if scale == 1 else Path(tempfile.mkdtemp(prefix="jarvis-bench-"))
     return Config(scale=scale, repeats=repeats, warmup=warmup, monty=not args.no_monty,
-                  out_dir=out, sections=tuple(args.only or SECTIONS))
+                  out_dir=out, sections=tuple(args.only or SECTIONS),
+                  page_only=args.page_only)
 
 
 def run(config: Config, command: str) -> dict[str, Any]:
@@ -105,9 +110,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     config = parse(arguments)
     command = " ".join(["python -m bench.run", *arguments])
-    config.say(f"{command}: scale {config.scale:g}, {config.repeats} runs after "
-               f"{config.warmup} warm-up, writing to {config.out_dir}")
-    results = run(config, command)
+    if config.page_only:
+        results = json.loads((config.out_dir / "performance.json").read_text("utf-8"))
+        results["targets"] = targets_json(results)
+    else:
+        config.say(f"{command}: scale {config.scale:g}, {config.repeats} runs after "
+                   f"{config.warmup} warm-up, writing to {config.out_dir}")
+        results = run(config, command)
     page, data = write(results, config.out_dir)
     for target in targets(results):
         print(f"{target.status:>12}  {target.name}: {target.measured} (limit {target.limit})")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import gc
 import statistics
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,6 +125,3 @@ def batch(operation: Callable[[], object], size: int) -> Callable[[], tuple[floa
 
     return cell
 
-
-def geometric_mean(values: Iterable[float]) -> float:
-    return statistics.geometric_mean(list(values))
