@@ -392,3 +392,17 @@ def test_line_protocol_round_trips(execution_id: str, kind: str, seq: int, numbe
     # Unescaped separators appear only where the syntax puts them.
     head = re.sub(r"\\.", "", line.split(" seq=")[0])
     assert head.count(" ") == 0 and head.count(",") == 2 - (not execution_id)
+
+
+@given(execution_id=texts, text=texts, seq=st.integers(min_value=0, max_value=2**62),
+       duration=st.none() | st.floats(allow_nan=False, allow_infinity=False))
+@settings(max_examples=200, deadline=None)
+def test_jsonl_lines_are_the_json_of_the_event(execution_id: str, text: str, seq: int,
+                                               duration: float | None) -> None:
+    original = event(seq, "output", text, text[::-1], text[:3], execution_id=execution_id,
+                     duration_ms=duration)
+    line = sinks._json_line(original)
+    assert line.endswith("\n") and line.count("\n") == 1
+    assert json.loads(line) == original.to_json()
+    assert line == json.dumps(original.to_json(), ensure_ascii=False,
+                              separators=(",", ":")) + "\n"

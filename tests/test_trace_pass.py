@@ -347,6 +347,64 @@ def test_statement_hooks_come_first_in_the_emitted_code() -> None:
     ]
 
 
+FOLDING: list[tuple[str, bool]] = [
+    ("x = a + b", True),
+    ("x = f(a)", True),  # loading `f` does nothing observable: `a` is the first hook
+    ("x = f()", False),  # the call runs before any hook of the statement
+    ("x = g() + a", False),
+    ("x = a and f()", True),
+    ("x = f() and a", False),
+    ("x = [1, a]", True),
+    ("x = [1, 2]", True),  # the display itself is the first hook
+    ("x = 1", False),  # no expression hook at all
+    ("d[a] += b", True),
+    ("while a > b:\n    break", False),  # the test runs again at each iteration
+    ("if a < b:\n    pass", True),
+    ("for i in d:\n    pass", True),
+    ("x = [i for i in d]", True),
+    ("x = [i for i in f()]", False),
+    ("x = lambda v=a: v", True),
+    ("x = (lambda: 1)()", False),
+    ("x = f'{a}'", True),
+    ("x = a if f() else b", False),  # the test runs first
+    ("x = f() if a else b", True),
+]
+
+
+@pytest.mark.parametrize(("statement", "folded"), FOLDING, ids=[f[0] for f in FOLDING])
+def test_the_statement_hook_folds_into_a_first_expression_without_effects(
+    statement: str, folded: bool
+) -> None:
+    program = (
+        "def f():\n    return 1\ndef g():\n    return 2\na = 1\nb = 2\nd = {1: 2}\n"
+        + statement + "\n"
+    )
+    compilation = compiled(program)
+    assert compilation.tree is not None and compilation.source is not None
+    tree, sites = instrument(compilation.tree, compilation.source, "full")
+    last = tree.body[-1] if folded else tree.body[-2]
+    calls = hook_calls(last)
+    first_names = {node.func.id for node in ast.walk(tree.body[-1])
+                   if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)}
+    if folded:
+        assert FIRST_EXPR_HOOK in first_names
+        assert not (isinstance(tree.body[-2], ast.Expr) and hook_calls(tree.body[-2])
+                    and sites[hook_calls(tree.body[-2])[0][1]].line == 8)
+    else:
+        assert FIRST_EXPR_HOOK not in first_names
+        assert calls == [(STMT_HOOK, calls[0][1])] and sites[calls[0][1]].line == 8
+    # Folded or not, the events are the same: the statement's first.
+    events = run_instrumented(program, "full").events
+    here = [(e.kind, e.expr) for e in events if e.line == 8]
+    assert here[0] == ("stmt", statement.split("\n")[0])
+
+
+def test_a_folded_statement_whose_first_name_is_unbound_has_no_statement_event() -> None:
+    run = run_instrumented("def f():\n    return y\nf()\ny = 1\n", "full")
+    assert run.error == "NameError: name 'y' is not defined"
+    assert [(e.kind, e.expr) for e in run.events if e.line == 2] == []
+
+
 # -- site positions ---------------------------------------------------------------------
 
 

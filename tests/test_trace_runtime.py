@@ -432,3 +432,20 @@ def _small(value: Any, renderer: Renderer, depth: int) -> bool:
         items = [*value.keys(), *value.values()] if isinstance(value, dict) else list(value)
         return all(_small(item, renderer, depth + 1) for item in items)
     return True
+
+
+def test_the_hooks_of_a_tracer() -> None:
+    sink = MemorySink()
+    tracer = Tracer("ex", SITES, sink)
+    hooks = tracer.hooks()
+    assert set(hooks) == {"_jv_t", "_jv_c", "_jv_s", "_jv_f"}
+    assert hooks["_jv_f"](0, 1, [7]) == [7]
+    assert hooks["_jv_t"](1, "v") == "v"
+    assert hooks["_jv_c"](1, None) is None
+    hooks["_jv_s"](0)
+    tracer.flush()
+    assert [(e.seq, e.kind, e.value) for e in sink.events] == [
+        (1, "stmt", ""), (2, "expr", "[7]"), (3, "expr", "'v'"), (4, "expr", "None"),
+        (5, "stmt", ""),
+    ]
+    assert tracer.steps == 5

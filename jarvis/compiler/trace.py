@@ -6,7 +6,13 @@ calls the runtime, plus the table of those points (`Site`s). At level "full":
 - each statement `S` is preceded by the expression statement `_jv_s(K)`;
 - each traced expression `E` becomes `_jv_t(K, E)`: the hook receives the value and
   returns it unchanged, and because `E` is the call's last argument Python evaluates
-  everything in the original order, short-circuits and all.
+  everything in the original order, short-circuits and all. Inside comprehension and
+  lambda bodies, which repeat within one statement, the hook is `_jv_c(K, E)`: the
+  same, plus the check of the event buffer and the step limit that `_jv_t` leaves to
+  the next statement hook;
+- when nothing observable happens between a statement's start and its first traced
+  expression (`x = a + 1`: loading `a`), the two hooks are one call,
+  `_jv_f(Ks, K, a)`, with the same events in the same order.
 
 Level "statements" inserts only the statement hooks; level "off" returns the tree as it
 is. K is an integer literal, the index of the point in the site table, so a hook call
@@ -27,7 +33,8 @@ costs one name lookup and one call. What is not traced, and why:
 
 A leading docstring gets no statement hook: it is never "run" in any visible sense,
 and it stays the first statement. The hook names start with `_`, which no SPy
-program can write, so a program can neither call nor shadow them.
+program can write, so a program can neither call nor shadow them. docs/events.md
+describes the events these hooks produce.
 """
 
 from __future__ import annotations

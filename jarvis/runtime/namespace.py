@@ -81,7 +81,38 @@ class Namespace:
             if fid
         }
         self.code_index = {id(code): index for index, code in enumerate(program.codes)}
+        # index -> the code with the program's own names (see `name_local_functions`)
+        self.codes: dict[int, types.CodeType] = {}
+        self.name_local_functions()
         self.builtin_names = {id(value): key for key, value in table.items()}
+
+    def name_local_functions(self) -> None:
+        """Functions and lambdas a step function creates get the qualified names Python
+        gives them in the program (`f.<locals>.g`, `<lambda>`), not names under the step
+        function's (`_jv_step_3.<locals>.g`): Python's errors about their arguments
+        quote them."""
+        for fid, step in self.steps.items():
+            owner = "" if fid == 0 else f"{self.program.functions[fid].qualname}.<locals>."
+            step.__code__ = self._renamed(step.__code__, f"_jv_step_{fid}.<locals>.", owner)
+
+    def _renamed(self, code: types.CodeType, prefix: str, owner: str) -> types.CodeType:
+        constants = tuple(
+            self._renamed(c, prefix, owner) if isinstance(c, types.CodeType) else c
+            for c in code.co_consts
+        )
+        qualname = code.co_qualname
+        if qualname.startswith(prefix):
+            qualname = owner + qualname[len(prefix):]
+        if qualname == code.co_qualname and all(
+            new is old for new, old in zip(constants, code.co_consts, strict=True)
+        ):
+            return code
+        renamed = code.replace(co_consts=constants, co_qualname=qualname)
+        index = self.code_index.get(id(code))
+        if index is not None:
+            self.code_index[id(renamed)] = index
+            self.codes[index] = renamed
+        return renamed
 
     def set_inputs(self, inputs: dict[str, Any]) -> None:
         set_inputs(self.builtins, inputs)
@@ -251,8 +282,8 @@ class _StateUnpickler(pickle.Unpickler):
         if tag == "fn":
             _, index, name, qualname, defaults, kwdefaults, boxes = pid
             closure = tuple(self.cell(box) for box in boxes) if boxes else None
-            function = types.FunctionType(self.namespace.program.codes[index],
-                                          self.namespace.globals, name, defaults, closure)
+            code = self.namespace.codes.get(index, self.namespace.program.codes[index])
+            function = types.FunctionType(code, self.namespace.globals, name, defaults, closure)
             function.__kwdefaults__ = kwdefaults
             function.__qualname__ = qualname
             return function

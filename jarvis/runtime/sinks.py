@@ -22,6 +22,9 @@ from typing import IO, ClassVar, Protocol, runtime_checkable
 
 from jarvis.runtime.trace import EventBatch, TraceEvent
 
+_json_string = json.encoder.encode_basestring
+"""A str as a JSON string, non-ASCII kept (the json module's C encoder)."""
+
 
 @runtime_checkable
 class Sink(Protocol):
@@ -93,7 +96,6 @@ class JsonlSink:
         self.fsync = fsync
         recovered = _recover_jsonl(self.path)
         self.last_delivered = max(last_delivered, recovered)
-        self._encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
         # A lone surrogate (a program can print one) is not UTF-8: it is written as the
         # JSON escape `\ud800`, which reads back as the same string.
         self._file: IO[str] | None = open(  # noqa: SIM115 - closed by close()
@@ -106,8 +108,7 @@ class JsonlSink:
         events = fresh(events, self.last_delivered)
         if not events:
             return
-        dumps = self._encode
-        text = "".join([dumps(event.to_json()) + "\n" for event in events])
+        text = "".join([_json_line(event) for event in events])
         if _UNICODE_LINE_BREAK.search(text):
             # JSON leaves these unescaped, and readers that split at every Unicode
             # line break (str.splitlines, for one) would cut the line there.
@@ -122,6 +123,23 @@ class JsonlSink:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+_JSON_LINE = (
+    '{"execution_id":%s,"seq":%d,"kind":%s,"line":%d,"col":%d,"end_line":%d,"end_col":%d,'
+    '"expr":%s,"value":%s,"type":%s%s}\n'
+)
+
+
+def _json_line(event: TraceEvent) -> str:
+    """`json.dumps(event.to_json())` and a newline, written by a template: the JSON
+    encoding of the strings is the C one of the json module, and the rest is fixed."""
+    execution_id, seq, kind, line, col, end_line, end_col, expr, value, type_, duration = event
+    tail = "" if duration is None or not math.isfinite(duration) else f',"duration_ms":{duration!r}'
+    return _JSON_LINE % (
+        _json_string(execution_id), seq, _json_string(kind), line, col, end_line, end_col,
+        _json_string(expr), _json_string(value), _json_string(type_), tail,
+    )
 
 
 _TAIL_CHUNK = 64 * 1024
@@ -291,6 +309,8 @@ _TAG_ESCAPES = str.maketrans({
     "\\": "\\\\", ",": "\\,", "=": "\\=", " ": "\\ ", "\n": "\\n", "\r": "\\r",
 })
 _STRING_ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r"})
+_TAG_SPECIAL = re.compile(r"[\\,= \n\r]").search
+_STRING_SPECIAL = re.compile(r'[\\"\n\r]').search
 
 
 def escape_measurement(name: str) -> str:
@@ -299,12 +319,20 @@ def escape_measurement(name: str) -> str:
 
 def escape_tag(text: str) -> str:
     """A tag key or value: backslash, comma, equals sign and space escaped."""
-    return text.translate(_TAG_ESCAPES)
+    return text.translate(_TAG_ESCAPES) if _TAG_SPECIAL(text) else text
 
 
 def escape_string_field(text: str) -> str:
     """A string field value, without its double quotes."""
-    return text.translate(_STRING_ESCAPES)
+    return text.translate(_STRING_ESCAPES) if _STRING_SPECIAL(text) else text
+
+
+_FIELDS = (
+    ' seq=%di,line=%di,col=%di,end_line=%di,end_col=%di,expr="%s",value="%s",type="%s"'
+)
+_series: dict[tuple[str, str], str] = {}
+"""The measurement and tags of each (execution id, kind) seen: the same for every
+event of an execution, so escaped once."""
 
 
 def line_protocol(event: TraceEvent, timestamp_ns: int | None = None) -> str:
@@ -315,20 +343,25 @@ def line_protocol(event: TraceEvent, timestamp_ns: int | None = None) -> str:
     string fields expr, value, type; a float field duration_ms when set. Newlines and
     carriage returns, which line protocol cannot carry raw, travel as `\\n` and `\\r`.
     """
-    tags = f",kind={escape_tag(event.kind)}"
-    if event.execution_id:
-        tags = f",execution_id={escape_tag(event.execution_id)}" + tags
-    fields = (
-        f"seq={event.seq}i,line={event.line}i,col={event.col}i,"
-        f"end_line={event.end_line}i,end_col={event.end_col}i,"
-        f'expr="{escape_string_field(event.expr)}",'
-        f'value="{escape_string_field(event.value)}",'
-        f'type="{escape_string_field(event.type)}"'
+    execution_id, seq, kind, line, col, end_line, end_col, expr, value, type_, duration = event
+    series = _series.get((execution_id, kind))
+    if series is None:
+        tags = f",kind={escape_tag(kind)}"
+        if execution_id:
+            tags = f",execution_id={escape_tag(execution_id)}" + tags
+        series = escape_measurement(MEASUREMENT) + tags
+        if len(_series) >= 4096:
+            _series.clear()
+        _series[(execution_id, kind)] = series
+    text = series + _FIELDS % (
+        seq, line, col, end_line, end_col,
+        expr.translate(_STRING_ESCAPES) if _STRING_SPECIAL(expr) else expr,
+        value.translate(_STRING_ESCAPES) if _STRING_SPECIAL(value) else value,
+        type_.translate(_STRING_ESCAPES) if _STRING_SPECIAL(type_) else type_,
     )
-    if event.duration_ms is not None and math.isfinite(event.duration_ms):
-        fields += f",duration_ms={event.duration_ms!r}"
-    line = f"{escape_measurement(MEASUREMENT)}{tags} {fields}"
-    return line if timestamp_ns is None else f"{line} {timestamp_ns}"
+    if duration is not None and math.isfinite(duration):
+        text += f",duration_ms={duration!r}"
+    return text if timestamp_ns is None else f"{text} {timestamp_ns}"
 
 
 class FanOutSink:

@@ -2,10 +2,12 @@
 
 The compiler's trace pass (`jarvis.compiler.trace`) makes a program call `_jv_t(K, v)`
 after each traced expression and `_jv_s(K)` before each statement, K being an index
-into the program's site table. A `Tracer` provides both hooks (`hook_expr`,
-`hook_stmt`), numbers events 1, 2, 3, ... in program order (`seq`), renders values and
-hands events to a sink in batches. The engine adds its own events (prints, Book calls,
-checkpoints, ...) with `Tracer.event`, in the same numbering.
+into the program's site table (and two variants: `_jv_c` in comprehension and lambda
+bodies, `_jv_f` for a statement and its first expression at once). A `Tracer`
+provides the hooks (`Tracer.hooks()`), numbers events 1, 2, 3, ... in program order
+(`seq`), renders values and hands events to a sink in batches. The engine adds its
+own events (prints, Book calls, checkpoints, ...) with `Tracer.event`, in the same
+numbering.
 
 The hooks are the hottest code of a traced run, so the work is split by what can wait:
 
@@ -114,12 +116,14 @@ _SET_SORT_LIMIT: Final = 64
 """Sets up to this size render sorted (deterministic); larger ones show their size."""
 
 _NUMBERS: Final = frozenset({int, float, bool, _NoneType})
+"""Scalars whose repr is always short enough to write without looking (ints are
+bounded by CPython's own limit on decimal conversion; longer ones are cut later)."""
 _FLAT: Final = frozenset({int, float, bool, _NoneType, str})
-"""Scalars whose repr C writes directly (strings after a length check; ints are
-bounded by CPython's own limit on decimal conversion)."""
-DEFERRED_TYPES: Final = frozenset({int, float, bool, _NoneType, str})
-"""Values of these exact types cannot change, so their rendering waits for the batch
-(strings only up to `max_chars` characters: a longer one is cut at once)."""
+"""Scalars whose repr C writes directly, strings after a length check."""
+DEFERRED_TYPES: Final = _FLAT
+"""Values of these exact types cannot change, so the hooks keep them as they are and
+their rendering waits for the batch (strings only up to `max_chars` characters: a
+longer one is cut at once)."""
 
 _pair = "{}: {}".format
 _first = itemgetter(0)
@@ -179,9 +183,9 @@ class Renderer:
         self.max_items = max_items
         self.max_depth = max_depth
         self._nested_items = max(2, max_items // 4)
+        """Items looked at in a container inside a container."""
         self._flat_keys: set[tuple[Any, ...]] = set()
         """Key tuples of dicts known to be short scalars (see `capture`)."""
-        """Items looked at in a container inside a container."""
         self._by_type: dict[type, Callable[[Any, int, int], str]] = {
             types.MappingProxyType: self._mappingproxy,
             set: self._set,
@@ -538,6 +542,12 @@ def render(value: object, max_chars: int = DEFAULT_MAX_VALUE_CHARS) -> tuple[str
 
 # -- batches --------------------------------------------------------------------------
 
+def _new_event(fields: tuple[Any, ...]) -> TraceEvent:
+    """`TraceEvent(*fields)` without the Python-level `__new__` of a NamedTuple: a batch
+    builds one per event a sink reads."""
+    return tuple.__new__(TraceEvent, fields)
+
+
 SiteRow = tuple[str, int, int, int, int, str]
 """A site as a batch reads it: (kind, line, col, end_line, end_col, text)."""
 
@@ -597,13 +607,15 @@ class EventBatch(Sequence[TraceEvent]):
         kind, line, col, end_line, end_col, text = self._table[k]
         seq = self._first + index
         if kind == "stmt" or self._texts is None:
-            return TraceEvent(self.execution_id, seq, kind, line, col, end_line, end_col,
-                              text, "", "")
+            return _new_event((self.execution_id, seq, kind, line, col, end_line, end_col,
+                               text, "", "", None))
         value = self._values[index]
         name = self._names.get(index) or _type_names[type(value)]
-        rendered = self._renderer.clip(self._texts[index], value)
-        return TraceEvent(self.execution_id, seq, kind, line, col, end_line, end_col, text,
-                          rendered, name)
+        rendered = self._texts[index]
+        if len(rendered) > self._renderer.max_chars:
+            rendered = self._renderer.clip(rendered, value)
+        return _new_event((self.execution_id, seq, kind, line, col, end_line, end_col, text,
+                           rendered, name, None))
 
     @overload
     def __getitem__(self, index: int) -> TraceEvent: ...
@@ -653,7 +665,7 @@ _NO_VALUE: Final[Any] = object()
 class Tracer:
     """The recorder of one execution's trace: the hooks, the numbering, the batches.
 
-    Bind `hooks()` (`_jv_t` and `_jv_s`) in the program's namespace. Events are
+    Bind `hooks()` (`_jv_t`, `_jv_c`, `_jv_s`, `_jv_f`) in the program's namespace. Events are
     numbered from `start_seq + 1`; a resumed run that replays from a snapshot taken
     at seq N passes `start_seq=N` (and the step count then as `start_steps`) and
     regenerates the same numbers. Call `flush()` before anything that must see the
