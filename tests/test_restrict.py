@@ -75,6 +75,19 @@ def test_a_name_starting_with_underscore_that_is_not_ours_is_refused(source: str
         restricted(source)
 
 
+def test_a_name_injected_into_generated_code_is_refused() -> None:
+    # As if the validator had let `__import__` through: the policy still refuses it.
+    compilation = Compilation.of("x = 1\n")
+    assert compilation.lowered is not None
+    module = compilation.lowered.module
+    assignment = next(n for n in ast.walk(module) if isinstance(n, ast.Assign)
+                      and isinstance(n.targets[0], ast.Name) and n.targets[0].id == "x")
+    assignment.value = ast.copy_location(ast.Name(id="__import__", ctx=ast.Load()),
+                                         assignment.value)
+    with pytest.raises(RestrictionError, match="'__import__' starts with '_'"):
+        restricted_compile(module, "<injected>")
+
+
 @pytest.mark.parametrize("source", [
     "x = y.__class__",
     "x = y._jv_name",
@@ -354,6 +367,16 @@ def test_spec_program_behaves_the_same_with_full_guards(path: Path, trace: str) 
     expected = run_program(proven, inputs)
     assert expected.status == "completed", expected.error
     assert run_program(guarded, inputs) == expected
+
+
+def test_attribute_guards_only_without_static_proofs() -> None:
+    source = (SPEC_DIR / "dicts.spy").read_text(encoding="utf-8")
+
+    def names(program: CompiledProgram) -> set[str]:
+        return set().union(*(set(code.co_names) for code in program.codes))
+
+    assert "_getattr_" not in names(compile_program(source, "dicts.spy", True)[0])
+    assert "_getattr_" in names(compile_program(source, "dicts.spy", False)[0])
 
 
 FAILING = [

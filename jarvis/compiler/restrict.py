@@ -83,7 +83,9 @@ _INTERNAL_CONTAINERS = frozenset({
 """The compiler's own dicts, whose items the generated code reads and writes."""
 
 UnpackSpec = tuple[int, bool, tuple[tuple[int, Any], ...]]
-"""See `jarvis.runtime.guards.UnpackSpec`."""
+"""How a tuple or list target unpacks, a constant of the code the unpack guards read:
+the number of plain targets, whether one is starred, and for each nested target its
+index (negative when it follows the starred one) and its own spec."""
 
 
 class RestrictionError(Exception):
@@ -289,7 +291,7 @@ class RestrictionPolicy(RestrictingNodeTransformer):
 
 
 def restrict(module: ast.Module, *, static_proofs: bool = True) -> ast.Module:
-    """`module` restricted, in place (a copy would cost ten times the rewrite).
+    """`module` restricted, in place (copying the tree would cost several times the rewrite).
 
     Raises RestrictionError if the policy refuses the code.
     """
@@ -308,8 +310,7 @@ def restrict(module: ast.Module, *, static_proofs: bool = True) -> ast.Module:
 def restricted_compile(
     module: ast.Module, filename: str, *, static_proofs: bool = True
 ) -> CodeType:
-    """Compile the lowered `module` (restricted in place) through the policy; see
-    `restrict`."""
+    """The code object of the lowered `module`, restricted in place; see `restrict`."""
     restricted = restrict(module, static_proofs=static_proofs)
     with warnings.catch_warnings():
         # SyntaxWarnings (`assert (x, y)`, `x is 1`) are about the program; the

@@ -32,13 +32,10 @@ from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 from jarvis.compiler.language import ATTRIBUTES, EXCEPTIONS, SAFE_FUNCTIONS
+from jarvis.compiler.restrict import UnpackSpec
 from jarvis.runtime.builtins import BookProcedure, BookProxy
 from jarvis.runtime.errors import BookError
 from jarvis.runtime.frames import ResumableFunction
-
-UnpackSpec = tuple[int, bool, tuple[tuple[int, Any], ...]]
-"""How a target unpacks: (number of plain targets, whether one is starred, and for each
-nested target its index, negative when counted from the end, and its own spec)."""
 
 
 class SandboxViolation(BaseException):

@@ -31,6 +31,7 @@ from jarvis.runtime.effects_log import (
 )
 from jarvis.runtime.errors import BookError, LimitExceeded
 from jarvis.runtime.frames import Frame, ResumableFunction
+from jarvis.runtime.guards import SandboxViolation
 from jarvis.runtime.interrupt import Deadline, Stopped
 from jarvis.runtime.locate import ErrorLocation, locate
 from jarvis.runtime.namespace import Namespace
@@ -225,7 +226,9 @@ class Machine:
             self.tracer.event("limit", line, col, 0, 0, exc.limit, exc.detail)
             self.tracer.flush()
             return Outcome("failed", self.outputs, exc, where, self.counters())
-        except Exception as exc:
+        except (Exception, SandboxViolation) as exc:
+            # A SandboxViolation is not catchable by the program, but it ends the
+            # execution like any uncaught error: failed, with where it happened.
             where = locate(exc, self.program.path)
             line, col = (where.line, where.col) if where else (0, 0)
             end_line, end_col = (where.end_line, where.end_col) if where else (0, 0)
