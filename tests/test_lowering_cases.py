@@ -284,7 +284,8 @@ def test_a_handler_variable_is_unbound_however_the_handler_ends(registry: Path) 
 
 
 def test_assignment_targets_are_stored_one_by_one_left_to_right(registry: Path) -> None:
-    # All targets' Book calls ran before the first store, and before the unpacking.
+    # All targets' Book calls ran before the first store (or deletion), and before the
+    # unpacking.
     run = check(registry, """
         a = {}
         b = {}
@@ -299,10 +300,16 @@ def test_assignment_targets_are_stored_one_by_one_left_to_right(registry: Path) 
         print(xs, rest)
         for xs[svc.inc(-1)], z in [(1, 2), (3, 4)]:
             print(xs, z)
+        try:
+            del a["zz"], xs[svc.mark("never")]
+        except KeyError as e:
+            print(repr(e))
+        del xs[svc.inc(-1)], a[svc.echo(1)]
+        print(a, xs)
     """)
     assert run.printed == printed(
         "{1: 5} {1: 5}", "too many values to unpack (expected 2)", "[0, 7, 10] [8, 9]",
-        "[1, 7, 10] 2", "[3, 7, 10] 4",
+        "[1, 7, 10] 2", "[3, 7, 10] 4", "KeyError('zz')", "{} [7, 10]",
     )
     assert "never" not in str(run.book_calls)
 
@@ -333,6 +340,59 @@ def test_a_dict_comprehension_evaluates_each_key_before_its_value(registry: Path
     """)
     assert run.printed == printed("{'k0': 1, 'k1': 2}")
     assert [call[1] for call in run.book_calls] == ["echo", "inc", "echo", "inc"]
+
+
+def test_functions_created_by_lowered_code_have_their_python_names(registry: Path) -> None:
+    # Defs and lambdas made inside a step function were named `_jv_step_N.<locals>...`,
+    # and Python quotes that name in its errors about their arguments.
+    run = check(registry, """
+        def f(a):
+            def g(x, y):
+                def h(z):
+                    return z
+                return h
+            k = lambda q: q
+            svc.inc(1)
+            for attempt in [lambda: g(1), lambda: k(), lambda: g(1, 2)()]:
+                try:
+                    attempt()
+                except TypeError as e:
+                    print(e)
+            return g
+        made = f(1)
+        svc.inc(2)
+        try:
+            made(1, 2)()
+        except TypeError as e:
+            print(e)
+        try:
+            (lambda: 0)(svc.inc(0))
+        except TypeError as e:
+            print(e)
+    """)
+    assert run.printed == printed(
+        "f.<locals>.g() missing 1 required positional argument: 'y'",
+        "f.<locals>.<lambda>() missing 1 required positional argument: 'q'",
+        "f.<locals>.g.<locals>.h() missing 1 required positional argument: 'z'",
+        "f.<locals>.g.<locals>.h() missing 1 required positional argument: 'z'",
+        "<lambda>() takes 0 positional arguments but 1 was given",
+    )
+
+
+def test_a_resumable_function_as_a_value_in_a_traced_comprehension(registry: Path) -> None:
+    # At trace level "full" the hook around `f` in `[f for ...]` was taken for a builtin
+    # given a function that calls Books (SPY401), and the program compiled to nothing.
+    source = "from books import svc\n" + textwrap.dedent("""
+        def f(x):
+            return svc.inc(x)
+        fs = [f for u in range(2)]
+        g = lambda: f
+        print(fs[0](1), g()(2))
+    """)
+    expected = run_on_reference(source, registry)
+    assert expected.printed == "2 3\n"
+    for trace in ("off", "statements", "full"):
+        assert_same(expected, run_on_machine(source, registry, trace=trace), source)
 
 
 # -- evaluation order -------------------------------------------------------------------

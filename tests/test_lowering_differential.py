@@ -26,7 +26,6 @@ from spygen import spy_programs, write_book_registry
 
 from jarvis.compiler import Compilation
 from jarvis.compiler.compiled import CompiledProgram
-from jarvis.compiler.trace import EXPR_HOOK, LOOP_EXPR_HOOK, STMT_HOOK
 from jarvis.runtime.books import Book, BookRegistry, to_json_value
 from jarvis.runtime.effects_log import MemoryEffects
 from jarvis.runtime.machine import Machine
@@ -92,7 +91,7 @@ def run_on_reference(source: str, registry: Path, inputs: dict[str, Any] | None 
 
 
 class StubTracer:
-    """Just enough of a tracer for the Machine: hooks that hand values back unchanged."""
+    """Just enough of a tracer for the Machine running an untraced program (no hooks)."""
 
     def __init__(self) -> None:
         self.seq = 0
@@ -102,14 +101,7 @@ class StubTracer:
         self.seq += 1
 
     def hooks(self) -> dict[str, Callable[..., Any]]:
-        def expression(k: int, value: Any) -> Any:
-            self.steps += 1
-            return value
-
-        def statement(k: int) -> None:
-            self.steps += 1
-
-        return {EXPR_HOOK: expression, LOOP_EXPR_HOOK: expression, STMT_HOOK: statement}
+        return {}
 
     def flush(self) -> None:
         pass

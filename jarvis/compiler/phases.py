@@ -151,6 +151,14 @@ class Compilation:
             return cached
         instrumented, trace_sites = instrument(self.tree, source, trace)
         lowered = lower_program(bound_operations(instrumented))
+        if lowered.problems:
+            # The untraced program lowered cleanly (self.ok), so this is the trace level
+            # interacting with a lowering rule: say so rather than run an empty program.
+            raise CompileError([
+                source.diagnostic(code, f"{message} (at trace level {trace})",
+                                  getattr(node, "lineno", 1), getattr(node, "col_offset", 0))
+                for code, message, node in lowered.problems
+            ])
         code = restricted_compile(lowered.module, source.path)
         sites = [
             SuspensionSite(s.line, source.char_col(s.line, s.col), s.end_line,

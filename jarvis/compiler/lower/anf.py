@@ -8,6 +8,11 @@ as they are: native Python. The rest are taken apart:
   suspension happens exactly where CPython would make the call;
 - `if`, `while`, `for`, `try` and the jumps between them become blocks and jumps, with
   try-regions for exception handlers and completion records for `finally`.
+
+"Exactly where CPython would" covers what can fail, too: a name that is not bound yet,
+a method the value lacks, a `**` operand that is not a mapping fail before a later part
+of the expression calls a Book, as in CPython. tests/test_lowering_cases.py holds the
+cases, and tests/test_lowering_differential.py compares whole programs with CPython.
 """
 
 from __future__ import annotations
@@ -288,8 +293,10 @@ class FunctionLowering:
         self.builder.start(after)
 
     def stmt_Delete(self, node: ast.Delete) -> None:
-        targets = [self.target(t) for t in node.targets]
-        self.builder.emit(ast.copy_location(ast.Delete(targets=targets), node))
+        # One by one, as Python deletes them: a failing one stops the rest.
+        for target in node.targets:
+            self.builder.emit(ast.copy_location(ast.Delete(targets=[self.target(target)]),
+                                                node))
 
     def stmt_Pass(self, node: ast.Pass) -> None:
         return

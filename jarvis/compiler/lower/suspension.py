@@ -222,9 +222,8 @@ class _Analysis:
         """A builtin given a function that may suspend would call it where it cannot."""
         if isinstance(call.func, ast.Attribute) or not isinstance(call.func, ast.Name):
             return
-        if call.func.id in (f"{INTERNAL_PREFIX}t", f"{INTERNAL_PREFIX}s",
-                            f"{INTERNAL_PREFIX}defaults"):
-            return
+        if call.func.id.startswith(INTERNAL_PREFIX):
+            return  # the compiler's own helpers and trace hooks never call their arguments
         arguments = [*call.args, *(k.value for k in call.keywords)]
         for argument in arguments:
             value = argument.value if isinstance(argument, ast.Starred) else argument
