@@ -70,6 +70,10 @@ def build(settings: WorkerSettings) -> tuple[WorkerLoop, ChildPool, Any]:
     worker_id = settings.worker_id or worker_identity()
     books = BookRegistry.load(settings.books_file) if settings.books_file else BookRegistry()
     kafka = settings.kafka
+
+    def on_commit(error: Any, partitions: list[Any]) -> None:
+        loop.committed(error, partitions)
+
     producer = Producer({
         **kafka_config(settings),
         "compression.type": "lz4",
@@ -88,6 +92,7 @@ def build(settings: WorkerSettings) -> tuple[WorkerLoop, ChildPool, Any]:
         "heartbeat.interval.ms": kafka.heartbeat_interval_ms,
         "max.poll.interval.ms": kafka.max_poll_interval_ms,
         "logger": _kafka_log(),
+        "on_commit": on_commit,
     })
     client = redis.Redis.from_url(settings.redis.url, socket_timeout=5,
                                   socket_connect_timeout=5, health_check_interval=10)
@@ -112,6 +117,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "jarvis worker") -> int:
     parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per Book call otherwise
     try:
         settings = load_worker_settings()
     except ValueError as exc:

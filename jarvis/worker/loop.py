@@ -6,9 +6,9 @@ While the worker is full, its partitions are paused so the poll loop goes on
 (heartbeats, rebalances) without taking more work. A start's offset is committed once
 its run has ended (completed, failed, cancelled or suspended); see offsets.py.
 
-A command that cannot be handled yet (Redis is away, or its execution is still being
-handed over by an earlier run here) waits in `held`, with the partitions paused, and is
-tried again; only a command that is itself wrong goes to the dead-letter topic.
+A command that cannot be handled yet (Redis or the state directory is away, or an
+earlier run of its execution here is ending) waits in `held`, with the partitions
+paused, and is tried again; only a command that is itself wrong is dead-lettered.
 """
 
 from __future__ import annotations
@@ -35,9 +35,13 @@ from jarvis.worker.stops import StopRequests
 
 log = logging.getLogger("jarvis.worker")
 
+COMMIT_TIMEOUT = 10.0
+"""Seconds after which an asynchronous commit that never reported back is sent again."""
+
 
 class NotYet(Exception):
-    """A command that must wait: its execution is still being handed over here."""
+    """A command that must wait: its execution's run here is ending (it finishes, or
+    hands the execution over) and has not said how yet."""
 
 
 class WorkerLoop:
@@ -60,6 +64,8 @@ class WorkerLoop:
         self.held_until = 0.0
         self.backoff = Backoff()
         self.paused: set[Any] = set()
+        self.committing = False
+        self.commit_deadline = 0.0
         self.last_poll = 0.0
         self.counts: dict[str, int] = {}
         self.counts_lock = threading.Lock()
@@ -155,8 +161,8 @@ class WorkerLoop:
             return
         execution_id = command.execution_id
         local = self.runs.get(execution_id)
-        if local is not None and local.handover:
-            raise NotYet(execution_id)  # resumed once the earlier run has stopped
+        if local is not None and (local.handover or local.finishing):
+            raise NotYet(execution_id)  # handled once the earlier run has ended
         ended = self.endings.ended(execution_id) if local is None else "running"
         if ended is not None:
             self.publish(execution_id, "duplicate", error={
@@ -171,10 +177,9 @@ class WorkerLoop:
     def stop(self, command: Any) -> None:
         execution_id = command.execution_id
         local = self.runs.get(execution_id)
-        if local is not None and not local.handover:
-            # Also in Redis: the run may be waiting for a lease another worker holds.
-            self.stops.request(execution_id, command.mode)
-            local.request_stop(command.mode)
+        if local is not None:
+            if local.handover or not local.request_stop(command.mode):
+                raise NotYet(execution_id)  # handled once the run has ended
             return
         if self.leases.holder(execution_id) is not None:
             self.stops.request(execution_id, command.mode)  # its renewer sees it
@@ -221,7 +226,11 @@ class WorkerLoop:
                 self.consumer.resume(again)
             self.paused.clear()
 
-    def commit(self) -> None:
+    def commit(self, wait: bool = False) -> None:
+        """Commit what is done. Asynchronous (a commit waits for the group coordinator,
+        seconds while Kafka is away); `committed` records the outcome."""
+        if self.committing and time.monotonic() < self.commit_deadline and not wait:
+            return
         positions = self.tracker.positions()
         if not positions:
             return
@@ -230,12 +239,25 @@ class WorkerLoop:
         offsets = [TopicPartition(topic, partition, position)
                    for (topic, partition), position in positions.items()]
         try:
-            self.consumer.commit(offsets=offsets, asynchronous=False)
-        except Exception as exc:
-            log.info("commit of %s failed (tried again): %s", positions, exc)
-            return  # retried on the next step (e.g. during a rebalance)
-        for (topic, partition), position in positions.items():
-            self.tracker.committed(topic, partition, position)
+            if wait:
+                self.committed(None, self.consumer.commit(offsets=offsets, asynchronous=False))
+            else:
+                self.committing = True
+                self.commit_deadline = time.monotonic() + COMMIT_TIMEOUT
+                self.consumer.commit(offsets=offsets, asynchronous=True)
+        except Exception as exc:  # tried again on the next step
+            self.committing = False
+            log.info("commit of %s failed: %s", positions, exc)
+
+    def committed(self, error: Any, partitions: list[Any] | None) -> None:
+        """The consumer's `on_commit` callback (and the end of a synchronous commit)."""
+        self.committing = False
+        if error is not None:
+            log.info("commit failed (tried again): %s", error)
+            return
+        for tp in partitions or []:
+            if tp.error is None and tp.offset >= 0:
+                self.tracker.committed(tp.topic, tp.partition, tp.offset)
 
     def revoked(self, partitions: list[Any]) -> None:
         """Partitions taken away: suspend their runs so the new owner resumes them."""
@@ -253,6 +275,7 @@ class WorkerLoop:
         self.paused -= lost
         for topic, partition in lost:
             self.tracker.forget(topic, partition)
+        self.committing = False  # a commit of the old generation fails anyway: send anew
 
     def shutdown(self) -> None:
         """SIGTERM: stop consuming, snapshot running executions, leave their offsets."""
@@ -263,7 +286,7 @@ class WorkerLoop:
             if run.thread is not None:
                 run.thread.join(timeout=max(0.0, deadline - time.monotonic()))
         self.collect_finished()
-        self.commit()
+        self.commit(wait=True)
         # Suspended runs are not finished messages: their offsets stay uncommitted,
         # so the next owner of the partition resumes them.
         self.producer.flush(10)

@@ -73,15 +73,29 @@ class Run:
     # Given up to another worker (shutdown, rebalance): the start's offset stays
     # uncommitted so the partition's next owner resumes it.
     handover: bool = False
+    # The run decided how it ends: a stop that comes later is not seen by it.
+    finishing: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def request_stop(self, mode: str) -> None:
-        if self.stop_mode != "cancel":
-            self.stop_mode = mode
-        self.stop_event.set()
+    def request_stop(self, mode: str) -> bool:
+        """Ask the run to stop; False when it is already finishing (too late)."""
+        with self.lock:
+            if self.finishing:
+                return False
+            if self.stop_mode != "cancel":
+                self.stop_mode = mode
+            self.stop_event.set()
+            return True
 
     def hand_over(self) -> None:
         self.handover = True
         self.request_stop("suspend")
+
+    def finish(self) -> str | None:
+        """Take no more stop requests; the stop asked for until now, if any."""
+        with self.lock:
+            self.finishing = True
+            return self.stop_mode
 
 
 class _HandedOver(Exception):
@@ -169,6 +183,7 @@ class Runner:
             self.publish(run.execution_id, "failed",
                          error={"type": type(exc).__name__, "message": str(exc)})
         finally:
+            run.finish()
             self.metrics.run_ended(run.outcome_status or "failed",
                                    time.monotonic() - run.started)
             self.finished(run)
@@ -213,6 +228,7 @@ class Runner:
                 return DUPLICATE
             directory.create()
             fence.claim()
+            self._take_stop_request(run)
             renewer.start()
             return self._execute(run, directory, fence, lease)
         except FencedOff as exc:
@@ -272,7 +288,8 @@ class Runner:
 
     def _report(self, run: Run, outcome: Outcome, fence: Fence, token: int) -> str:
         execution_id = run.execution_id
-        if outcome.status == "suspended" and run.stop_mode == "cancel":
+        stop_mode = run.finish()
+        if outcome.status == "suspended" and stop_mode == "cancel":
             fence.guard()
             self.endings.cancel(execution_id)
             self.publish(execution_id, "cancelled", attempt=token, counters=outcome.counters)
@@ -283,7 +300,7 @@ class Runner:
                      error=error, counters=outcome.counters)
         if outcome.status in TERMINAL:
             self._remember(run, outcome.status)
-        elif outcome.status == "suspended" and run.stop_mode == "suspend" and not run.handover:
+        elif outcome.status == "suspended" and stop_mode == "suspend" and not run.handover:
             self._quietly(lambda: self.stops.clear(execution_id))
         return outcome.status
 
@@ -320,6 +337,15 @@ class Runner:
                     raise
             if not self._pause(run, backoff.next_delay()):
                 raise _HandedOver()
+
+    def _take_stop_request(self, run: Run) -> None:
+        """A cancel left in Redis still holds; a suspend was meant for an earlier run
+        (stops of runs here reach them directly, in order with their starts)."""
+        mode = self._retrying(run, lambda: self.stops.pending(run.execution_id))
+        if mode == "cancel":
+            run.request_stop(mode)
+        elif mode is not None:
+            self._retrying(run, lambda: self.stops.clear(run.execution_id))
 
     def _remember(self, run: Run, status: str) -> None:
         """Record the ending in Redis; the state directory has it anyway, so a Redis

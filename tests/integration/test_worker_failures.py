@@ -132,6 +132,8 @@ def test_a_frozen_worker_is_fenced_off_when_it_wakes(
     wait_until(a_runs, 30, "worker a made Book calls for an execution")
     a.signal(signal.SIGSTOP)
     frozen = a_runs()
+    on_a = {e["execution_id"] for e in cluster.status_log.all()
+            if e["status"] == "started" and e["worker"] == "a"}
     try:
         endings = cluster.wait_for_endings(ids, timeout=60)
         for execution_id in ids:
@@ -153,7 +155,8 @@ def test_a_frozen_worker_is_fenced_off_when_it_wakes(
     for execution_id in taken:
         assert _state_files(cluster, execution_id) == state[execution_id]
         assert "nothing more" in a.log()
-    assert_each_call_made_once(book, ids, in_flight_allowed=taken)
+    # Any execution worker a had started may have had a call in flight when it froze.
+    assert_each_call_made_once(book, ids, in_flight_allowed=on_a)
 
 
 def _state_files(cluster: WorkerCluster, execution_id: str) -> dict[str, bytes]:

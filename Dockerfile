@@ -1,0 +1,38 @@
+# syntax=docker/dockerfile:1
+# The Jarvis worker image: `docker build -t jarvis .`, then `docker run jarvis worker`
+# (docs/operations.md). Two stages: the first installs Jarvis and its dependencies
+# into a virtualenv (all of them ship wheels, so no compiler is needed there either);
+# the second is a slim Python with only that virtualenv, run as an unprivileged user.
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY jarvis ./jarvis
+# The virtualenv gets no pip of its own; the build stage's pip installs into it.
+RUN python -m venv --without-pip /opt/jarvis \
+    && python -m pip --python /opt/jarvis/bin/python install --no-cache-dir --compile .
+
+FROM ${PYTHON_IMAGE}
+LABEL org.opencontainers.image.title="jarvis" \
+      org.opencontainers.image.description="Durable, traced, sandboxed execution of SPy programs"
+RUN groupadd --system --gid 10001 jarvis \
+    && useradd --system --uid 10001 --gid jarvis --no-create-home \
+        --home-dir /nonexistent --shell /usr/sbin/nologin jarvis \
+    && mkdir -p /var/lib/jarvis \
+    && chown jarvis:jarvis /var/lib/jarvis
+COPY --from=build /opt/jarvis /opt/jarvis
+ENV PATH=/opt/jarvis/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    JARVIS_STATE_DIR=/var/lib/jarvis
+WORKDIR /var/lib/jarvis
+USER 10001:10001
+# No port: health is `jarvis health`, an exec probe reading the worker's heartbeat.
+HEALTHCHECK --interval=15s --timeout=10s --start-period=30s --retries=3 \
+    CMD ["jarvis", "health"]
+ENTRYPOINT ["jarvis"]
+CMD ["worker"]

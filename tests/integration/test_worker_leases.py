@@ -1,0 +1,120 @@
+"""Leases and fences against a real Redis: one owner at a time, stale writers refused."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from services import RedisServer
+from test_worker_support import unique
+
+from jarvis.worker.leases import Fence, FencedOff, Leases, fence_key, lease_key, read_fence
+
+
+@pytest.fixture
+def execution_id() -> str:
+    return unique("lease")
+
+
+def test_one_owner_at_a_time_with_growing_tokens(redis_server: RedisServer,
+                                                  execution_id: str) -> None:
+    a = Leases(redis_server.client(), "a", ttl_seconds=5)
+    b = Leases(redis_server.client(), "b", ttl_seconds=5)
+
+    first = a.acquire(execution_id)
+    assert first is not None and b.acquire(execution_id) is None
+    assert b.holder(execution_id) == f"a:{first.token}"
+    assert a.renew(first)
+    a.release(first)
+    second = b.acquire(execution_id)
+
+    assert second is not None and second.token == first.token + 1
+    assert not a.renew(first)  # b holds it now
+
+
+def test_a_lapsed_lease_goes_to_the_next_worker(redis_server: RedisServer,
+                                                execution_id: str) -> None:
+    a = Leases(redis_server.client(), "a", ttl_seconds=0.3)
+    b = Leases(redis_server.client(), "b", ttl_seconds=5)
+    stale = a.acquire(execution_id)
+    assert stale is not None
+    time.sleep(0.5)
+
+    fresh = b.acquire(execution_id)
+    assert fresh is not None and fresh.token > stale.token
+    assert not a.renew(stale)
+
+
+def test_tokens_keep_growing_when_redis_forgot_them(redis_server: RedisServer,
+                                                    execution_id: str,
+                                                    tmp_path: Path) -> None:
+    client = redis_server.client()
+    leases = Leases(client, "a", ttl_seconds=5)
+    owner = leases.acquire(execution_id)
+    assert owner is not None
+    Fence(tmp_path, owner, leases).claim()
+    client.delete(lease_key(execution_id), fence_key(execution_id))  # as after a restart
+
+    assert leases.renew(owner)  # taken back by its owner, same token
+    assert int(client.get(fence_key(execution_id))) == owner.token
+    leases.release(owner)
+    client.delete(fence_key(execution_id))
+    successor = leases.acquire(execution_id, floor=read_fence(tmp_path))
+    assert successor is not None and successor.token == owner.token + 1
+
+
+def test_the_fence_refuses_a_stale_owner(redis_server: RedisServer, execution_id: str,
+                                         tmp_path: Path) -> None:
+    a = Leases(redis_server.client(), "a", ttl_seconds=0.3)
+    b = Leases(redis_server.client(), "b", ttl_seconds=5)
+    stale = a.acquire(execution_id)
+    assert stale is not None
+    stale_fence = Fence(tmp_path, stale, a)
+    stale_fence.claim()
+    stale_fence.guard()
+    time.sleep(0.5)
+    fresh = b.acquire(execution_id, floor=read_fence(tmp_path))
+    assert fresh is not None
+    Fence(tmp_path, fresh, b).claim()
+
+    with pytest.raises(FencedOff, match="took it"):
+        stale_fence.guard()
+    assert not stale_fence.holds()
+    with pytest.raises(FencedOff, match="newer owner"):
+        Fence(tmp_path, stale, a).claim()
+
+
+def test_the_guard_renews_a_lapsed_lease_nobody_took(redis_server: RedisServer,
+                                                     execution_id: str,
+                                                     tmp_path: Path) -> None:
+    leases = Leases(redis_server.client(), "a", ttl_seconds=0.3)
+    lease = leases.acquire(execution_id)
+    assert lease is not None
+    fence = Fence(tmp_path, lease, leases)
+    fence.claim()
+    time.sleep(0.5)  # paused past the lease, but nobody wanted it
+
+    fence.guard()
+    assert lease.deadline > time.monotonic()
+
+
+def test_the_guard_waits_for_redis_then_gives_up(tmp_path: Path) -> None:
+    import redis
+
+    server = RedisServer().start()
+    try:
+        leases = Leases(redis.Redis(host=server.host, port=server.port, socket_timeout=1,
+                                    socket_connect_timeout=1), "a", ttl_seconds=0.2)
+        lease = leases.acquire("e1")
+        assert lease is not None
+        fence = Fence(tmp_path, lease, leases, reconnect_seconds=1.0)
+        fence.claim()
+        server.stop()
+        time.sleep(0.3)
+        started = time.monotonic()
+        with pytest.raises(FencedOff, match="cannot be confirmed"):
+            fence.guard()
+        assert 0.9 < time.monotonic() - started < 5
+    finally:
+        server.close()
