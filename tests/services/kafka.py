@@ -15,20 +15,18 @@ from __future__ import annotations
 
 import base64
 import logging
-import shutil
 import tempfile
 import time
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from .ports import LOOPBACK, accepts_connections, free_ports
-from .process import ServiceError, ServiceProcess, installed
+from .process import Service, ServiceError, ServiceProcess, installed
 
 NODE_ID = 1
 START_TIMEOUT = 90.0
@@ -47,7 +45,7 @@ def _random_cluster_id() -> str:
             return text
 
 
-class KafkaBroker:
+class KafkaBroker(Service):
     """A single-node Kafka cluster started by the test harness."""
 
     def __init__(self, *, heap: str = "512m", workdir: Path | None = None) -> None:
@@ -108,52 +106,6 @@ class KafkaBroker:
         self._process.wait_until(self._answers_metadata, timeout=START_TIMEOUT,
                                  what=f"a metadata request on {self.bootstrap_servers} worked")
         return self
-
-    def stop(self) -> None:
-        """Ends the broker (controlled shutdown); the log dir stays for `start()`."""
-        if self._process is not None:
-            self._process.stop()
-
-    def kill(self) -> None:
-        """Ends the broker with SIGKILL; the log dir stays for `start()`."""
-        if self._process is not None:
-            self._process.kill()
-
-    def restart(self, *, hard: bool = False) -> None:
-        """Stops (or with `hard`, kills) the broker and starts it on the same ports."""
-        if hard:
-            self.kill()
-        else:
-            self.stop()
-        self.start()
-
-    def close(self) -> None:
-        """Stops the broker and deletes its log dir (if this object made the folder)."""
-        self.stop()
-        if self._own_workdir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> KafkaBroker:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
-
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.running
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
-
-    def log_tail(self, lines: int = 60) -> str:
-        return self._process.log_tail(lines) if self._process is not None else ""
 
     # -- topics ------------------------------------------------------------------------
 

@@ -17,14 +17,15 @@ import ctypes
 import importlib.util
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from types import ModuleType
-from typing import Any
+from types import ModuleType, TracebackType
+from typing import Any, Self
 
 REPO = Path(__file__).resolve().parents[2]
 INSTALLER_PATH = REPO / "scripts" / "services.py"
@@ -205,6 +206,64 @@ class ServiceProcess:
 
 
 @atexit.register
+
+class Service:
+    """The lifecycle every test service shares: a subclass sets `workdir`,
+    `_own_workdir` and `_process` and defines `start()` (returning itself)."""
+
+    workdir: Path
+    _own_workdir: bool
+    _process: ServiceProcess | None
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Ends the server gracefully; its working directory stays for `start()`."""
+        if self._process is not None:
+            self._process.stop()
+
+    def kill(self) -> None:
+        """Ends the server with SIGKILL; its working directory stays for `start()`."""
+        if self._process is not None:
+            self._process.kill()
+
+    def restart(self, *, hard: bool = False) -> None:
+        """Stops (or with `hard`, kills) the server and starts it on the same ports."""
+        if hard:
+            self.kill()
+        else:
+            self.stop()
+        self.start()
+
+    def close(self) -> None:
+        """Stops the server and deletes its working directory if this object made it."""
+        self.stop()
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.running
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def log_tail(self, lines: int = 60) -> str:
+        return self._process.log_tail(lines) if self._process is not None else ""
+
 def _stop_leftovers() -> None:
     """Ends what a crashed fixture left running, by the PIDs this process started."""
     for process in list(_live.values()):

@@ -12,21 +12,19 @@ Redis that lost everything, as after a failover to an empty replica. With
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import redis
 
 from .ports import LOOPBACK, free_port
-from .process import ServiceProcess, installed
+from .process import Service, ServiceProcess, installed
 
 START_TIMEOUT = 30.0
 
 
-class RedisServer:
+class RedisServer(Service):
     """One redis-server process on 127.0.0.1 and a random port."""
 
     def __init__(self, *, durable: bool = False, workdir: Path | None = None) -> None:
@@ -61,49 +59,6 @@ class RedisServer:
         self._process.wait_until(self._answers_ping, timeout=START_TIMEOUT,
                                  what=f"PING on {self.host}:{self.port} answered")
         return self
-
-    def stop(self) -> None:
-        if self._process is not None:
-            self._process.stop()
-
-    def kill(self) -> None:
-        if self._process is not None:
-            self._process.kill()
-
-    def restart(self, *, hard: bool = False) -> None:
-        """Stops (or with `hard`, kills) the server and starts it on the same port."""
-        if hard:
-            self.kill()
-        else:
-            self.stop()
-        self.start()
-
-    def close(self) -> None:
-        self.stop()
-        if self._own_workdir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> RedisServer:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
-
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.running
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
-
-    def log_tail(self, lines: int = 60) -> str:
-        return self._process.log_tail(lines) if self._process is not None else ""
 
     def _answers_ping(self) -> bool:
         with redis.Redis(host=self.host, port=self.port, socket_timeout=1,

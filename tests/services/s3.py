@@ -13,10 +13,8 @@ The server makes the bucket `bucket` when it starts.
 from __future__ import annotations
 
 import secrets
-import shutil
 import tempfile
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import boto3
@@ -24,13 +22,13 @@ import httpx
 from botocore.config import Config
 
 from .ports import LOOPBACK, accepts_connections, free_port
-from .process import ServiceProcess, installed
+from .process import Service, ServiceProcess, installed
 
 START_TIMEOUT = 60.0
 REGION = "us-east-1"
 
 
-class S3Server:
+class S3Server(Service):
     """One S3Proxy process on 127.0.0.1 and a random port."""
 
     def __init__(self, *, bucket: str = "jarvis-test", workdir: Path | None = None) -> None:
@@ -84,41 +82,6 @@ class S3Server:
         if first:
             self.create_bucket(self.bucket)
         return self
-
-    def stop(self) -> None:
-        if self._process is not None:
-            self._process.stop()
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def close(self) -> None:
-        self.stop()
-        if self._own_workdir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> S3Server:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
-
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.running
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
-
-    def log_tail(self, lines: int = 60) -> str:
-        return self._process.log_tail(lines) if self._process is not None else ""
 
     def _answers_http(self) -> bool:
         if not accepts_connections(self.port):

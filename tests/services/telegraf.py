@@ -22,19 +22,17 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import tempfile
 import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from confluent_kafka import ConsumerGroupState
 from confluent_kafka.admin import AdminClient
 
-from .process import ServiceError, ServiceProcess, installed
+from .process import Service, ServiceError, ServiceProcess, installed
 
 START_TIMEOUT = 30.0
 # The Kafka protocol version Telegraf's client (sarama) assumes. Its default, 2.1, is the
@@ -48,7 +46,7 @@ def _toml(value: Any) -> str:
     return json.dumps(value)
 
 
-class Telegraf:
+class Telegraf(Service):
     """One Telegraf agent started by the harness."""
 
     def __init__(
@@ -98,33 +96,6 @@ class Telegraf:
         """Ends Telegraf with SIGTERM, which flushes what it has buffered."""
         if self._process is not None:
             self._process.stop()
-
-    def close(self) -> None:
-        self.stop()
-        if self._own_workdir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> Telegraf:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
-
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.running
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
-
-    def log_tail(self, lines: int = 60) -> str:
-        return self._process.log_tail(lines) if self._process is not None else ""
 
     # -- output ------------------------------------------------------------------------
 
