@@ -56,7 +56,8 @@ def test_a_program_error_names_the_line_and_column(
     assert json.loads(out) == {}
     assert "p.spy:3:9: KeyError: 'b'" in err
     assert "z = x + y['b']" in err
-    assert "^^^^^^" in err
+    # The same marker as jarvis-compile's diagnostics, under `y['b']`.
+    assert "  z = x + y['b']\n          ^~~~~~\n" in err
 
 
 def test_a_compile_error_exits_2_with_diagnostics(

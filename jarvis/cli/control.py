@@ -19,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from jarvis.cli.inputs import InputError, parse_inputs
 from jarvis.settings import WorkerSettings, load_worker_settings
 from jarvis.worker import messages
 
@@ -45,19 +46,6 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     stop.add_argument("--wait", action="store_true")
     stop.add_argument("--timeout", type=float, default=300.0)
     return parser
-
-
-def _inputs(args: argparse.Namespace) -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    if args.inputs:
-        values.update(json.loads(Path(args.inputs).read_text(encoding="utf-8")))
-    for item in args.input:
-        name, _, raw = item.partition("=")
-        try:
-            values[name] = json.loads(raw)
-        except ValueError:
-            values[name] = raw
-    return values
 
 
 def send(settings: WorkerSettings, execution_id: str, payload: bytes) -> None:
@@ -113,8 +101,13 @@ def main(argv: Sequence[str] | None = None, prog: str = "jarvis control") -> int
             program = {"uri": args.program}
         else:
             program = {"source": Path(args.program).read_text(encoding="utf-8")}
+        try:
+            inputs = parse_inputs(args.inputs, args.input)
+        except InputError as exc:
+            print(f"{prog}: {exc}", file=sys.stderr)
+            return 2
         command: dict[str, Any] = {"v": 1, "type": "start", "execution_id": execution_id,
-                                   "program": program, "inputs": _inputs(args)}
+                                   "program": program, "inputs": inputs}
         if args.trace:
             command["trace"] = args.trace
     else:

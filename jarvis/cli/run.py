@@ -20,6 +20,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from jarvis.cli.inputs import InputError, parse_inputs
+from jarvis.cli.report.text import caret_lines
 from jarvis.compiler import Compilation
 from jarvis.runtime.books import BookRegistry
 from jarvis.runtime.errors import RuntimeSetupError
@@ -37,10 +39,6 @@ STOP_GRACE_SECONDS = 2.0
 """After SIGINT/SIGTERM the program gets this long to reach its next effect, where a
 fresh snapshot is taken; then it is interrupted, and the last snapshot plus the
 journal are what it resumes from (nothing is lost either way)."""
-
-
-class _UsageError(Exception):
-    pass
 
 
 def _parser(prog: str) -> argparse.ArgumentParser:
@@ -67,27 +65,6 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     return parser
 
 
-def _inputs(args: argparse.Namespace) -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    if args.inputs:
-        try:
-            loaded = json.loads(Path(args.inputs).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise _UsageError(f"--inputs {args.inputs}: {exc}") from exc
-        if not isinstance(loaded, dict):
-            raise _UsageError(f"--inputs {args.inputs}: must hold a JSON object")
-        values.update(loaded)
-    for item in args.input:
-        name, sep, raw = item.partition("=")
-        if not sep or not name:
-            raise _UsageError(f"--input {item!r}: expected NAME=JSON")
-        try:
-            values[name] = json.loads(raw)
-        except ValueError:
-            values[name] = raw
-    return values
-
-
 class _StopSignal:
     """SIGINT/SIGTERM: ask the program to stop at its next effect, then insist."""
 
@@ -112,9 +89,9 @@ class _StopSignal:
 def main(argv: Sequence[str] | None = None, prog: str = "jarvis run") -> int:
     args = _parser(prog).parse_args(argv)
     try:
-        inputs = _inputs(args)
+        inputs = parse_inputs(args.inputs, args.input)
         data = Path(args.program).read_bytes()
-    except _UsageError as exc:
+    except InputError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as exc:
@@ -216,7 +193,6 @@ def _report_error(outcome: Outcome, path: str, compilation: Compilation) -> None
     print(f"{path}:{where.line}:{where.col}: {name}: {error}", file=sys.stderr)
     source = compilation.source
     if source is not None:
-        text = source.line_text(where.line)
-        width = max(1, (where.end_col - where.col) if where.end_line == where.line else 1)
-        print(f"  {text}", file=sys.stderr)
-        print("  " + " " * (where.col - 1) + "^" * width, file=sys.stderr)
+        shown, marker = caret_lines(source.line_text(where.line), where.col, where.end_col,
+                                    multiline=where.end_line > where.line)
+        print(f"  {shown}\n  {marker}", file=sys.stderr)
