@@ -1,20 +1,31 @@
 # syntax=docker/dockerfile:1
 # The Jarvis worker image: `docker build -t jarvis .`, then `docker run jarvis worker`
-# (docs/operations.md). Two stages: the first installs Jarvis and its dependencies
-# into a virtualenv (all of them ship wheels, so no compiler is needed there either);
-# the second is a slim Python with only that virtualenv, run as an unprivileged user.
+# (docs/operations.md). Two stages: the first builds the Jarvis wheel (with its C trace
+# hooks, jarvis/runtime/_hooks.c: the only compiled part; the dependencies all ship
+# wheels) and installs it and its dependencies into a virtualenv; the second is a slim
+# Python with only that virtualenv, no compiler, run as an unprivileged user.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
+# A C compiler for the trace hooks; this stage is thrown away.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY jarvis ./jarvis
-# The virtualenv gets no pip of its own; the build stage's pip installs into it.
-RUN python -m venv --without-pip /opt/jarvis \
-    && python -m pip --python /opt/jarvis/bin/python install --no-cache-dir --compile .
+# The extension is optional for `pip install`; here it must be built: the check
+# imports it. The virtualenv gets no pip of its own; the build stage's pip installs
+# the wheel into it.
+RUN python -m pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
+    && python -m venv --without-pip /opt/jarvis \
+    && python -m pip --python /opt/jarvis/bin/python install --no-cache-dir --compile \
+        /wheels/jarvis-*.whl \
+    && /opt/jarvis/bin/python -c "import jarvis.runtime._hooks"
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="jarvis" \

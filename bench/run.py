@@ -1,6 +1,7 @@
 """The benchmark suite, one command: `python -m bench.run [--quick]` (or `make bench`).
 
-Runs every section (CPU and trace volume, Book calls, durability, compile), then writes
+Runs every section (CPU and trace volume, Book calls, durability, compile, and the Kafka
+worker against real Kafka and Redis), then writes
 OUT/performance.json (every figure, every run) and OUT/performance.md (tables, targets
 marked PASS or FAIL, the machine, the versions, the date). OUT is `docs/` for a full
 run. The full run takes about 5 minutes on 2 cores; `--quick` (sizes / 10, 3 runs) is
@@ -18,13 +19,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import book_calls, compile_cost, cpu, durability
+from bench import book_calls, compile_cost, cpu, durability, worker
 from bench.baselines import MontyPool, MontyUnavailable
 from bench.config import Config
 from bench.environment import ROOT, describe, load_average
 from bench.report import DEFAULT_INTRO, MARKER, markdown, targets, targets_json
 
-SECTIONS = ("cpu", "books", "durability", "compile")
+SECTIONS = ("cpu", "books", "durability", "compile", "worker")
 
 
 def parse(argv: Sequence[str] | None) -> Config:
@@ -76,6 +77,8 @@ def run(config: Config, command: str) -> dict[str, Any]:
             results["durability"] = durability.measure(config, monty)
         if "compile" in config.sections:
             results["compile"] = compile_cost.measure(config)
+        if "worker" in config.sections:
+            results["worker"] = worker.measure(config)
     finally:
         if monty is not None:
             monty.close()

@@ -17,6 +17,7 @@ nothing: it exists so that local runs and tests need no setup. Production must s
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -31,6 +32,10 @@ DEVELOPMENT_HMAC_KEY = "jarvis-development-key-not-secret-do-not-use-in-producti
 MIN_HMAC_KEY_LENGTH = 16
 
 TraceLevel = Literal["off", "statements", "full"]
+
+
+CPU_MARGIN_SECONDS = 10
+"""How far the default CPU-time limit lies past the wall-clock limit."""
 
 
 class Limits(BaseModel):
@@ -61,6 +66,34 @@ class Limits(BaseModel):
     max_snapshot_bytes: int = Field(
         default=64 << 20, ge=1, description="Size of one snapshot's payload (the pickled state)."
     )
+    max_artifact_bytes: int = Field(
+        default=16 << 20, ge=0, le=128 << 20,
+        description="Size of one artifact a program stores with artifact().",
+    )
+    max_memory_bytes: int = Field(
+        default=1 << 30,
+        ge=128 << 20,
+        description=(
+            "Address space of the process that runs one execution (RLIMIT_AS; the "
+            "interpreter alone takes about 100 MiB): past it allocations fail and the "
+            "execution fails with the limit 'memory'."
+        ),
+    )
+    max_cpu_seconds: float = Field(
+        default=3600.0 + CPU_MARGIN_SECONDS,
+        gt=0,
+        description=(
+            "CPU seconds the process of one run may use (RLIMIT_CPU): a backstop for work "
+            "the wall-clock limit cannot interrupt. The process gets the lower of this and "
+            f"max_seconds + {CPU_MARGIN_SECONDS}."
+        ),
+    )
+
+    @property
+    def cpu_seconds(self) -> int:
+        """The CPU-time limit of one run's process, in whole seconds."""
+        return max(1, math.ceil(min(self.max_cpu_seconds,
+                                    self.max_seconds + CPU_MARGIN_SECONDS)))
 
 
 class EngineSettings(BaseSettings):
@@ -232,7 +265,8 @@ class S3Settings(BaseModel):
                                  description="Lifetime of presigned GET URLs.")
     inline_bytes: int = Field(
         default=64 << 10, ge=0,
-        description="Values larger than this in outputs and trace events go to storage.")
+        description=("Outputs whose JSON is larger than this many bytes go to storage; "
+                     "status events carry a reference to them."))
 
 
 class WorkerSettings(EngineSettings):

@@ -15,7 +15,9 @@ that read variables their defining function changes later; lambdas; list, dict a
 comprehensions; bounded recursion; default, `*args`, keyword-only and `**kwargs`
 parameters; and calls of the Book `svc` anywhere an expression may stand (arguments,
 operands of `and`/`or`/`if`-`else`/comparison chains, subscripts, f-strings, displays
-with `*` and `**`, comprehensions), plus `sleep(0)` and `checkpoint()`.
+with `*` and `**`, comprehensions), plus `sleep(0)` and `checkpoint()`. With
+`generators=True`, programs also keep generator expressions in variables across Book
+calls, sleeps and checkpoints, and consume them bit by bit (`next`, `for`, `list`, `zip`).
 
 The Book is a Python file, `BOOK_SOURCE`; `write_book_registry(directory)` writes it
 and a registry that names it. Every procedure counts the calls made so far, and
@@ -118,6 +120,9 @@ class ProgramShape:
     """Whether programs call the Book (and sleep and checkpoint)."""
     errors: bool = True
     """Whether programs may raise, and fail, on purpose."""
+    generators: bool = False
+    """Whether programs keep generator expressions alive across suspension points (off
+    by default, so that the programs drawn without it stay what they were)."""
 
 
 def spy_programs(
@@ -127,9 +132,10 @@ def spy_programs(
     functions: int = 4,
     books: bool = True,
     errors: bool = True,
+    generators: bool = False,
 ) -> st.SearchStrategy[str]:
     """Source texts of valid, quickly terminating SPy programs (see the module doc)."""
-    shape = ProgramShape(statements, depth, functions, books, errors)
+    shape = ProgramShape(statements, depth, functions, books, errors, generators)
     return _programs(shape)
 
 
@@ -446,6 +452,7 @@ class _Writer:
             (10, lambda: self.try_statement(env, indent)),
             (4 if env.in_function else 0, lambda: self.closure(env, indent)),
             (3, lambda: self.lambda_statement(env, indent)),
+            (12 if self.shape.generators else 0, lambda: self.generator_statement(env, indent)),
         ]
         total = sum(weight for weight, _ in options)
         point = self.draw(st.integers(0, total - 1))
@@ -671,6 +678,66 @@ class _Writer:
 
     # -- expressions ----------------------------------------------------------------
         return False
+
+    def generator_statement(self, env: _Env, indent: int) -> bool:
+        """A generator expression kept in a variable, consumed a bit at a time with
+        suspension points (or other statements) in between."""
+        self.budget -= 2
+        name = self.fresh("gen")
+        inner = env.child()
+        clauses = self.generator_clauses(env, inner)
+        if self.chance(30):
+            clauses += f" if {self.condition(inner, 1, native=True)}"
+        self.emit(indent, f"{name} = ({self.int_expr(inner, 2, native=True)} {clauses})")
+        for _ in range(1 + self.below(3)):
+            self.emit(indent, self.pause(env))
+            self.emit(indent, f"print(next({name}, -1))" if self.chance(80)
+                      else f"print(list({name}))")
+        self.emit(indent, self.pause(env))
+        kind = self.below(4)
+        if kind == 0:
+            item = self.fresh("v")
+            self.emit(indent, f"for {item} in {name}:")
+            self.emit(indent + 1, f"print({item}, {self.pause(env)})")
+        elif kind == 1:
+            zipped = self.fresh("z")
+            self.emit(indent, f"{zipped} = zip({name}, range({self.below(4)}))")
+            self.emit(indent, self.pause(env))
+            self.emit(indent, f"print(list({zipped}))")
+        elif kind == 2:
+            self.emit(indent, f"print(sum({name}), next({name}, None))")
+        else:
+            self.emit(indent, f"print(list({name}))")
+        return False
+
+    def generator_clauses(self, env: _Env, inner: _Env) -> str:
+        """The `for` clauses of a generator expression; their variables join `inner`."""
+        variable = self.fresh("c")
+        lists = env.of(LIST)
+        if lists and self.chance(30):
+            index = self.fresh("c")
+            text = f"for {index}, {variable} in enumerate({self.pick(lists)})"
+            inner.variables.append(_Var(index, INT, False))
+        else:
+            source = self.pick(lists) if lists and self.chance(50) else \
+                f"range({self.below(5)})"
+            text = f"for {variable} in {source}"
+        inner.variables.append(_Var(variable, INT, False))
+        if self.chance(30):
+            second = self.fresh("c")
+            text += f" for {second} in range({variable} % 3)"
+            inner.variables.append(_Var(second, INT, False))
+        return text
+
+    def pause(self, env: _Env) -> str:
+        """A suspension point (or, without the Book, an ordinary expression)."""
+        if not self.books:
+            return self.int_expr(env, 1, native=True)
+        return self.choose([
+            (4, lambda: f"{BOOK_NAME}.mark({self.label()})"),
+            (1, lambda: "sleep(0)"),
+            (1, lambda: "checkpoint()"),
+        ])
 
     def int_atom(self, env: _Env) -> str:
         ints = env.of(INT)

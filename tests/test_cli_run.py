@@ -129,7 +129,14 @@ def test_sigterm_suspends_with_exit_3_and_the_same_id_resumes(in_tmp: Path) -> N
                "--execution-id", "slow", "--state-dir", str(in_tmp / "state"), "--quiet"]
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env=dict(os.environ))
-    time.sleep(1.2)
+    # Stop once the program is under way (its first sleep is journaled): a fixed delay
+    # is too short on a loaded machine, where the interpreter alone takes seconds.
+    journal = in_tmp / "state" / "executions" / "slow" / "journal"
+    deadline = time.monotonic() + 30
+    while not (journal.exists() and journal.stat().st_size > 0):
+        assert child.poll() is None, child.communicate()[1]
+        assert time.monotonic() < deadline, "the program did not start within 30 s"
+        time.sleep(0.02)
     child.send_signal(signal.SIGTERM)
     _, err = child.communicate(timeout=30)
     assert child.returncode == 3, err

@@ -74,11 +74,19 @@ def build(settings: WorkerSettings) -> tuple[WorkerLoop, ChildPool, Any]:
     def on_commit(error: Any, partitions: list[Any]) -> None:
         loop.committed(error, partitions)
 
-    producer = Producer({
+    producer = Producer({  # status events, dead letters, metrics: small and urgent
         **kafka_config(settings),
         "compression.type": "lz4",
-        "linger.ms": 5,
+        "linger.ms": 1,
         "queue.buffering.max.kbytes": 65536,
+        "enable.idempotence": True,
+        "logger": _kafka_log(),
+    })
+    logs_producer = Producer({  # trace events: large batches, for throughput
+        **kafka_config(settings),
+        "compression.type": "lz4",
+        "linger.ms": 20,
+        "queue.buffering.max.kbytes": 262144,
         "enable.idempotence": True,
         "logger": _kafka_log(),
     })
@@ -101,7 +109,7 @@ def build(settings: WorkerSettings) -> tuple[WorkerLoop, ChildPool, Any]:
 
     def runner_factory(**hooks: Any) -> Runner:
         return Runner(settings, worker_id, client, producer, books, pool,
-                      load_program=programs.load, **hooks)
+                      load_program=programs.load, logs_producer=logs_producer, **hooks)
 
     loop = WorkerLoop(settings, worker_id, consumer, producer, client, runner_factory)
 
@@ -147,5 +155,6 @@ def main(argv: Sequence[str] | None = None, prog: str = "jarvis worker") -> int:
     finally:
         loop.consumer.close()
         pool.close()
+        loop.runner.logs_producer.flush(10)
     log.info("worker %s: stopped", loop.worker_id)
     return 0

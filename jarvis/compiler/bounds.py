@@ -14,7 +14,8 @@ Python's in-place semantics (`xs *= 2` still extends the same list).
 from __future__ import annotations
 
 import ast
-import copy
+
+from jarvis.compiler.trees import copy_tree
 
 SMALL_FACTOR = 10_000
 """A literal factor up to this size is a bounded growth: `*` stays native."""
@@ -34,45 +35,48 @@ def _small_literal(node: ast.expr) -> bool:
     return abs(value) <= SMALL_FACTOR
 
 
-class _Bounds(ast.NodeTransformer):
-    def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
-        self.generic_visit(node)
-        helper = _HELPERS.get(type(node.op))
-        if helper is None:
-            return node
-        if isinstance(node.op, ast.Mult) and (
-            _small_literal(node.left) or _small_literal(node.right)
-        ):
-            return node
-        if (isinstance(node.op, ast.Pow) and _small_literal(node.left)
-                and isinstance(node.right, ast.Constant) and type(node.right.value) is int
-                and 0 <= node.right.value <= 64):
-            return node  # `2 ** 10`: a constant-sized result
-        call = ast.Call(func=ast.Name(id=helper, ctx=ast.Load()),
-                        args=[node.left, node.right], keywords=[])
-        return ast.copy_location(call, node)
+def _helper_call(helper: str, args: list[ast.expr], like: ast.AST) -> ast.Call:
+    func = ast.copy_location(ast.Name(id=helper, ctx=ast.Load()), like)
+    return ast.copy_location(ast.Call(func=func, args=args, keywords=[]), like)
 
-    def visit_AugAssign(self, node: ast.AugAssign) -> ast.AST:
-        self.generic_visit(node)
-        helper = _INPLACE.get(type(node.op))
-        if helper is None or not isinstance(node.target, ast.Name):
-            return node
-        if isinstance(node.op, ast.Mult) and _small_literal(node.value):
-            return node
-        load = ast.Name(id=node.target.id, ctx=ast.Load())
-        call = ast.Call(func=ast.Name(id=helper, ctx=ast.Load()), args=[load, node.value],
-                        keywords=[])
-        assign = ast.Assign(targets=[node.target], value=call)
-        return ast.copy_location(assign, node)
 
-    def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.AST:
-        self.generic_visit(node)
+def _bound_binop(node: ast.BinOp) -> ast.AST:
+    helper = _HELPERS.get(type(node.op))
+    if helper is None:
         return node
+    if isinstance(node.op, ast.Mult) and (
+        _small_literal(node.left) or _small_literal(node.right)
+    ):
+        return node
+    if (isinstance(node.op, ast.Pow) and _small_literal(node.left)
+            and isinstance(node.right, ast.Constant) and type(node.right.value) is int
+            and 0 <= node.right.value <= 64):
+        return node  # `2 ** 10`: a constant-sized result
+    return _helper_call(helper, [node.left, node.right], node)
+
+
+def _bound_augassign(node: ast.AugAssign) -> ast.AST:
+    helper = _INPLACE.get(type(node.op))
+    if helper is None or not isinstance(node.target, ast.Name):
+        return node
+    if isinstance(node.op, ast.Mult) and _small_literal(node.value):
+        return node
+    load = ast.copy_location(ast.Name(id=node.target.id, ctx=ast.Load()), node.target)
+    call = _helper_call(helper, [load, node.value], node)
+    return ast.copy_location(ast.Assign(targets=[node.target], value=call), node)
+
+
+def _rewrite(node: ast.AST) -> ast.AST:
+    kind = type(node)
+    if kind is ast.BinOp:
+        return _bound_binop(node)  # type: ignore[arg-type]
+    if kind is ast.AugAssign:
+        return _bound_augassign(node)  # type: ignore[arg-type]
+    return node
 
 
 def bound_operations(tree: ast.Module) -> ast.Module:
-    """A copy of `tree` with size-checked `**`, `<<` and `*`."""
-    module = _Bounds().visit(copy.deepcopy(tree))
-    assert isinstance(module, ast.Module)
-    ast.fix_missing_locations(module)
-    return module
+    """A copy of `tree` with size-checked `**`, `<<` and `*` (one pass: the copy is
+    rewritten as it is made; every node made here takes the position of the node it
+    replaces, so the tree needs no `fix_missing_locations`)."""
+    return copy_tree(tree, _rewrite)

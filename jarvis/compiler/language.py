@@ -28,10 +28,14 @@ RUNTIME_BUILTINS: Final[dict[str, str]] = {
     "checkpoint": "checkpoint(): take a durable snapshot now",
     "sleep": "sleep(seconds): pause durably; the execution may be suspended meanwhile",
     "now": "now(): the current time as float seconds since the Unix epoch (UTC), journaled",
+    "artifact": (
+        "artifact(name, content, content_type='application/octet-stream'): store a file, "
+        "return its URL"
+    ),
     "BookError": "the exception a failed Book call raises",
 }
 
-SUSPENDING_BUILTINS: Final = frozenset({"checkpoint", "sleep"})
+SUSPENDING_BUILTINS: Final = frozenset({"checkpoint", "sleep", "artifact"})
 """Runtime builtins whose call is a suspension point (Book calls are the others)."""
 
 SAFE_FUNCTIONS: Final[dict[str, str]] = {

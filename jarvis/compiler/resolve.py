@@ -21,6 +21,7 @@ from jarvis.compiler.language import (
     RUNTIME_BUILTINS,
 )
 from jarvis.compiler.source import Source
+from jarvis.compiler.trees import child_nodes, walk
 from jarvis.compiler.validate import binding_position, book_imports
 
 MAX_SPELLING_HINTS = 20
@@ -91,7 +92,7 @@ class _Resolver:
         # learns that it is being called rather than used as a value.
         self.call_of = {
             id(node.func): node
-            for node in ast.walk(tree)
+            for node in walk(tree)
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
         }
         self.diagnostics: list[Diagnostic] = []
@@ -239,7 +240,7 @@ class _Resolver:
         elif isinstance(node, (ast.ClassDef, ast.Import, ast.pattern)):
             self.visit_refused_binding(node, scope)
         else:
-            for child in ast.iter_child_nodes(node):
+            for child in child_nodes(node):
                 self.visit(child, scope, node)
 
     def visit_refused_binding(
@@ -263,7 +264,7 @@ class _Resolver:
         for name in (getattr(node, "name", None), getattr(node, "rest", None)):
             if isinstance(name, str):
                 scope.bindings.add(name)
-        for child in ast.iter_child_nodes(node):
+        for child in child_nodes(node):
             self.visit(child, scope, node)
 
     def visit_defaults(self, args: ast.arguments, scope: Scope) -> None:
@@ -313,7 +314,7 @@ class _Resolver:
                 # Before the `_` test: `__import__` deserves its reason, not just SPY201.
                 if name in REFUSED_BUILTINS:
                     self.report(
-                        "SPY204", f"`{name}` is not available in SPy: it {REFUSED_BUILTINS[name]}",
+                        "SPY204", f"`{name}` is not available in SPy ({REFUSED_BUILTINS[name]})",
                         use,
                     )
                     continue

@@ -20,6 +20,7 @@ import warnings
 
 from jarvis.compiler.diagnostics import Diagnostic
 from jarvis.compiler.source import Source
+from jarvis.compiler.trees import child_nodes
 
 MAX_DEPTH = 100
 """The deepest nesting of AST nodes a program may have."""
@@ -161,5 +162,5 @@ def _too_deep(tree: ast.AST) -> ast.AST | None:
             placed = node
         if depth > MAX_DEPTH:
             return placed
-        stack.extend((child, depth + 1, placed) for child in ast.iter_child_nodes(node))
+        stack.extend((child, depth + 1, placed) for child in child_nodes(node))
     return None

@@ -40,7 +40,6 @@ describes the events these hooks produce.
 from __future__ import annotations
 
 import ast
-import copy
 import io
 import tokenize
 from bisect import bisect_left
@@ -49,6 +48,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from jarvis.compiler.source import Source
+from jarvis.compiler.trees import copy_tree, fix_missing_locations
 from jarvis.compiler.validate import book_imports
 
 TraceLevel = Literal["full", "statements", "off"]
@@ -115,10 +115,10 @@ def instrument(
         return tree, ()
     if level not in ("full", "statements"):
         raise ValueError(f"unknown trace level {level!r}")
-    module = copy.deepcopy(tree)
+    module = copy_tree(tree)
     pass_ = _Instrumenter(source, expressions=level == "full", books=frozenset(book_imports(tree)))
     module.body = pass_.block(module.body, docstring=True)
-    ast.fix_missing_locations(module)
+    fix_missing_locations(module)
     return module, tuple(pass_.sites)
 
 

@@ -24,6 +24,7 @@ from jarvis.compiler.language import (
 )
 from jarvis.compiler.source import Source
 from jarvis.compiler.syntax import compile_errors
+from jarvis.compiler.trees import child_nodes
 
 ALLOWED_NODES: frozenset[type[ast.AST]] = frozenset({
     # module and statements
@@ -321,8 +322,14 @@ _SKIPPED_FIELDS: dict[type[ast.AST], frozenset[str]] = {
 }
 
 
-def _children(node: ast.AST) -> Iterator[ast.AST]:
-    skipped = _SKIPPED_FIELDS.get(type(node), frozenset())
+def _children(node: ast.AST) -> Iterator[ast.AST] | list[ast.AST]:
+    skipped = _SKIPPED_FIELDS.get(type(node))
+    if skipped is None:
+        return child_nodes(node)
+    return _children_but(node, skipped)
+
+
+def _children_but(node: ast.AST, skipped: frozenset[str]) -> Iterator[ast.AST]:
     for name, value in ast.iter_fields(node):
         if name in skipped:
             continue

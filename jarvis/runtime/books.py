@@ -31,14 +31,18 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
+from types import FunctionType, ModuleType
 from typing import Any, Protocol, runtime_checkable
 
 from jarvis.runtime.errors import BookError, RuntimeSetupError
 
 
 class Book(Protocol):
-    """Something a program can call procedures on."""
+    """Something a program can call procedures on.
+
+    `call` gets JSON values that are the caller's private copies (the Machine makes
+    them with `json_copy`), so a Book may keep or change its arguments.
+    """
 
     name: str
 
@@ -75,6 +79,50 @@ def to_json_value(value: Any) -> Any:
     return json.loads(json.dumps(value, allow_nan=False))
 
 
+class _NotPlain(Exception):
+    """A value `_plain_copy` leaves to the general path (or to refuse)."""
+
+
+def _plain_copy(value: Any) -> Any:
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return value
+    if kind is float:
+        if math.isfinite(value):
+            return value
+        raise _NotPlain
+    if kind is list or kind is tuple:
+        return [_plain_copy(item) for item in value]
+    if kind is dict:
+        copied = {}
+        for key, item in value.items():
+            if type(key) is not str:
+                raise _NotPlain
+            copied[key] = _plain_copy(item)
+        return copied
+    raise _NotPlain
+
+
+def json_copy(value: Any, where: str) -> Any:
+    """`to_json_value(value)` after `check_json_value(value, where)`, in one pass.
+
+    The value as JSON would carry it, a private deep copy (tuples become lists); a
+    value that is not JSON raises the TypeError `check_json_value` raises. Book
+    arguments and results cross the Book boundary through it, once each way.
+    """
+    try:
+        return _plain_copy(value)
+    except _NotPlain:
+        # Not plain JSON types (or not JSON at all): the exact error, or the subclasses
+        # of int, float and str converted as JSON converts them.
+        check_json_value(value, where)
+        return to_json_value(value)
+    except RecursionError:
+        copied = to_json_value(value)  # refuses a cycle, or nests too deep for JSON
+        check_json_value(value, where)
+        return copied
+
+
 @dataclass
 class PythonBook:
     """An in-process Book loaded from a Python file (development and tests)."""
@@ -105,28 +153,31 @@ class PythonBook:
         return self._module
 
     def procedure(self, procedure: str) -> Callable[..., Any]:
-        if procedure.startswith("_"):
+        module = self._procedures()
+        func = getattr(module, procedure, None) if not procedure.startswith("_") else None
+        # Only functions the Book's file defines are procedures: what it imports (`from os
+        # import getenv`), its classes and other callables would run in the host.
+        if not isinstance(func, FunctionType) or func.__module__ != module.__name__:
             raise BookError(self.name, procedure, "UnknownProcedure", "no such procedure")
-        func = getattr(self._procedures(), procedure, None)
-        if not callable(func):
-            raise BookError(self.name, procedure, "UnknownProcedure", "no such procedure")
-        return func  # type: ignore[no-any-return]
+        return func
 
     def call(
         self, procedure: str, args: list[Any], kwargs: dict[str, Any], idempotency_key: str
     ) -> Any:
+        # `args` and `kwargs` are the caller's private copies (`json_copy`): the Book
+        # may keep or change them without reaching the program's values.
         func = self.procedure(procedure)
         try:
-            result = func(*to_json_value(args), **to_json_value(kwargs))
+            result = func(*args, **kwargs)
         except BookError:
             raise
         except Exception as exc:
             raise BookError(self.name, procedure, type(exc).__name__, str(exc)) from None
         try:
-            check_json_value(result, f"the result of {self.name}.{procedure}")
-        except TypeError as exc:
+            # A copy: the program must not share a value the Book may change later.
+            return json_copy(result, f"the result of {self.name}.{procedure}")
+        except (TypeError, ValueError) as exc:
             raise BookError(self.name, procedure, "InvalidResult", str(exc)) from None
-        return to_json_value(result)
 
 
 @runtime_checkable

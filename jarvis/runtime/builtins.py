@@ -2,8 +2,9 @@
 
 Everything a program can reach without defining it is built here, fresh for each
 execution, so nothing one execution mutates is seen by another. Effects (Book calls,
-the clock, sleep, checkpoints, outputs, prints) go through one `Effects` object, the
-single interface that a host performs, in-process or on the far side of a channel.
+the clock, sleep, checkpoints, artifacts, outputs, prints) go through one `Effects`
+object, the single interface that a host performs, in-process or on the far side of a
+channel.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from types import MappingProxyType
 from typing import Any, Protocol
 
 from jarvis.compiler.language import BOOKS_MODULE, EXCEPTIONS, SAFE_FUNCTIONS
-from jarvis.runtime.books import check_json_value, to_json_value
+from jarvis.runtime.artifacts import artifact_arguments
+from jarvis.runtime.books import check_json_value, json_copy, to_json_value
 from jarvis.runtime.errors import BookError
 
 
@@ -29,6 +31,8 @@ class Effects(Protocol):
     def sleep(self, seconds: float) -> None: ...
 
     def checkpoint(self) -> None: ...
+
+    def artifact(self, name: str, content: bytes, content_type: str) -> str: ...
 
     def output(self, name: str, value: Any) -> None: ...
 
@@ -47,11 +51,13 @@ class BookProcedure:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         try:
-            check_json_value(list(args), "the arguments")
-            check_json_value(kwargs, "the keyword arguments")
+            # The host gets private copies: nothing it does reaches the program's values.
+            copied_args = json_copy(args, "the arguments")
+            copied_kwargs = json_copy(kwargs, "the keyword arguments")
         except TypeError as exc:
             raise TypeError(f"{self._jv_book}.{self._jv_procedure}(): {exc}") from None
-        return self._jv_effects.book_call(self._jv_book, self._jv_procedure, list(args), kwargs)
+        return self._jv_effects.book_call(self._jv_book, self._jv_procedure, copied_args,
+                                          copied_kwargs)
 
     def __repr__(self) -> str:
         return f"<procedure {self._jv_book}.{self._jv_procedure}>"
@@ -109,16 +115,30 @@ def _make_sleep(effects: Effects) -> Callable[[float], None]:
     return sleep
 
 
+def _make_artifact(effects: Effects) -> Callable[..., str]:
+    def artifact(*args: Any, **kwargs: Any) -> str:
+        return effects.artifact(*artifact_arguments(args, kwargs))
+
+    return artifact
+
+
+_PYTHON_BUILTINS: dict[str, Any] = {
+    **{name: getattr(_py, name) for name in SAFE_FUNCTIONS},
+    **{name: getattr(_py, name) for name in EXCEPTIONS},
+}
+"""The Python builtins a program may use, looked up once (each table is a copy)."""
+
+
 def make_builtins(effects: Effects, book_names: list[str]) -> dict[str, Any]:
     """The `__builtins__` of one execution: safe Python builtins and the SPy runtime."""
-    table: dict[str, Any] = {name: getattr(_py, name) for name in SAFE_FUNCTIONS}
-    table.update({name: getattr(_py, name) for name in EXCEPTIONS})
+    table = dict(_PYTHON_BUILTINS)
     table.update(
         print=_make_print(effects),
         output=_make_output(effects),
         sleep=_make_sleep(effects),
         now=lambda: effects.now(),
         checkpoint=lambda: effects.checkpoint(),
+        artifact=_make_artifact(effects),
         BookError=BookError,
         inputs=MappingProxyType({}),
     )
@@ -129,8 +149,7 @@ def make_builtins(effects: Effects, book_names: list[str]) -> dict[str, Any]:
 
 def set_inputs(table: dict[str, Any], inputs: Mapping[str, Any]) -> None:
     """Install the execution's inputs: a read-only mapping over a private deep copy."""
-    check_json_value(dict(inputs), "the inputs")
-    table["inputs"] = MappingProxyType(to_json_value(dict(inputs)))
+    table["inputs"] = MappingProxyType(json_copy(dict(inputs), "the inputs"))
 
 
 def books_importer(books: dict[str, BookProxy]) -> Callable[..., Any]:

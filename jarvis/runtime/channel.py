@@ -88,5 +88,6 @@ class RemoteError(Exception):
 
     def __init__(self, type_name: str, message: str) -> None:
         super().__init__(message)
+        # The message is `args[0]`: no `message` field, since that name is an attribute
+        # programs may read (BookError's), and this error can reach a program.
         self.type_name = type_name
-        self.message = message

@@ -1,10 +1,12 @@
 """The child side of an isolated execution: run one program, ask the host for the rest.
 
-Started as `python -m jarvis.runtime.child FD` with one end of a socket pair as FD. The
-child compiles and runs the program in a Machine whose every outside effect is a
-request on the channel: journal appends, snapshots, trace batches and Book calls are
-performed by the host, which holds the files, the keys and the network. The child
-unpickles only the snapshot the host verified before sending it, and exits after one
+A child is forked by the zygote (jarvis/runtime/zygote.py, which has imported this
+module) or started as `python -m jarvis.runtime.child FD HOST_PID`, with one end of a socket
+pair as FD. It runs the program the host compiled (sent in the start message, see
+program_bytes.py) in a Machine whose every outside effect is a request on the channel:
+journal appends, snapshots, trace batches and Book calls are performed by the host,
+which holds the files, the keys and the network. The child unpickles only what the
+host sent (the program, and the snapshot the host verified), and exits after one
 execution, so nothing of one execution survives into another.
 """
 
@@ -21,9 +23,16 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from jarvis.runtime.artifacts import StoredArtifact
 from jarvis.runtime.channel import Channel, RemoteError
+from jarvis.runtime.confine import ProcessLimits, confine
 from jarvis.runtime.errors import BookError
-from jarvis.runtime.interrupt import Stopped, interrupt_main
+from jarvis.runtime.interrupt import (
+    Stopped,
+    interrupt_main,
+    interrupt_main_later,
+    start_watchdog,
+)
 
 _RECORD = struct.Struct(">I")
 
@@ -81,10 +90,13 @@ class ChannelSink:
         self.last_delivered = last_delivered
 
     def deliver(self, events: Sequence[Any]) -> None:
-        fresh = [e.to_json() for e in events if e.seq > self.last_delivered]
-        if fresh:
-            self.channel.request({"op": "trace", "events": fresh})
-            self.last_delivered = fresh[-1]["seq"]
+        # An event travels as a row: its fields without the execution id, which the
+        # host knows (and does not take from the child).
+        last = self.last_delivered
+        rows = [event[1:] for event in events if event[1] > last]
+        if rows:
+            self.channel.request({"op": "trace", "rows": rows})
+            self.last_delivered = rows[-1][0]
 
     def close(self) -> None:
         pass
@@ -119,6 +131,19 @@ class ChannelBooks:
         return ChannelBook(self.channel, name)
 
 
+class ChannelArtifacts:
+    """Uploads as the child sees them: the host checks, keys and stores each artifact."""
+
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+
+    def upload(self, index: int, name: str, content: bytes, content_type: str) -> StoredArtifact:
+        answer, _ = self.channel.request({"op": "artifact", "index": index, "name": name,
+                                          "content_type": content_type}, content)
+        return StoredArtifact(str(answer["key"]), str(answer["url"]), int(answer["bytes"]),
+                              str(answer["sha256"]))
+
+
 _STOP = threading.Event()
 _GRACE_SECONDS = [2.0]
 
@@ -129,17 +154,16 @@ def _on_term(signum: int, frame: object) -> None:
         interrupt_main(Stopped)
         return
     _STOP.set()
-    grace = threading.Timer(_GRACE_SECONDS[0], interrupt_main, args=(Stopped,))
-    grace.daemon = True
-    grace.start()
+    interrupt_main_later(_GRACE_SECONDS[0], Stopped)
 
 
 def serve(channel: Channel) -> int:
     """Run the one execution the host starts on `channel`."""
-    # Imported here: a pre-started child waits for its start message as early as
-    # possible, and the imports are what it does while waiting in a pool.
-    from jarvis.compiler import Compilation
+    # Imported here: a spawned child waits for its start message as early as possible,
+    # and the imports are what it does while waiting in a pool (a forked child has
+    # them from the zygote).
     from jarvis.runtime.machine import Machine, MachineLimits, SnapshotPolicy
+    from jarvis.runtime.program_bytes import decode_program
     from jarvis.runtime.trace import Tracer
 
     start, blob = channel.receive()
@@ -147,15 +171,16 @@ def serve(channel: Channel) -> int:
         return 2
     _GRACE_SECONDS[0] = float(start.get("stop_grace", 2.0))
     stop = _STOP
-    snapshot_length = int(start.get("snapshot_length", 0))
-    snapshot = blob[:snapshot_length] if snapshot_length else None
-    tail = split_records(blob[snapshot_length:])
-    compilation = Compilation.of(start["source"], start["path"])
-    program = compilation.program(start["trace"])
+    program_length = int(start["program_length"])
+    snapshot_end = program_length + int(start.get("snapshot_length", 0))
+    program = decode_program(blob[:program_length])
+    snapshot = blob[program_length:snapshot_end] if snapshot_end > program_length else None
+    tail = split_records(blob[snapshot_end:])
     limits = start["limits"]
     tracer = Tracer(start["execution_id"], program.trace_sites,
                     ChannelSink(channel, int(start.get("last_delivered", 0))),
-                    max_steps=limits.get("max_steps"))
+                    max_steps=limits.get("max_steps"),
+                    max_events=limits.get("max_trace_events"))
     journal = ChannelJournal(channel, int(start["journal_first"]), tail)
     machine = Machine(
         program,
@@ -170,12 +195,20 @@ def serve(channel: Channel) -> int:
             max_recursion_depth=limits["max_recursion_depth"],
             max_book_calls=limits["max_book_calls"],
             max_output_bytes=limits["max_output_bytes"],
+            max_print_bytes=limits["max_output_bytes"],
+            max_snapshot_bytes=limits["max_snapshot_bytes"],
+            max_artifact_bytes=limits["max_artifact_bytes"],
             max_seconds=limits.get("max_seconds"),
         ),
         clock=time.time,
         wait=time.sleep,
         stop_requested=stop.is_set,
+        artifacts=ChannelArtifacts(channel),
     )
+    # Everything from here on runs the program: this is the one place where a child,
+    # forked or spawned, confines itself before the program's code runs.
+    start_watchdog()  # the time limits' thread, started while threads still can be
+    confine(ProcessLimits.from_start(limits))
     if snapshot is not None:
         machine.restore(snapshot)
     else:
@@ -188,7 +221,9 @@ def serve(channel: Channel) -> int:
     if outcome.error is not None:
         where = outcome.location
         error = {
-            "type": type(outcome.error).__name__,
+            # A host failure keeps the host's name for it (RuntimeSetupError, ...).
+            "type": (outcome.error.type_name if isinstance(outcome.error, RemoteError)
+                     else type(outcome.error).__name__),
             "message": str(outcome.error),
             "limit": getattr(outcome.error, "limit", None),
             "line": where.line if where else None,
@@ -201,31 +236,45 @@ def serve(channel: Channel) -> int:
     return 0
 
 
-def _die_with_host() -> None:
-    """Ask Linux to kill this process when its host dies: an execution must never go
-    on running unobserved (its effects could not be journaled anyway)."""
+def die_with_parent(parent: int) -> None:
+    """Ask Linux to kill this process when its parent (`parent`, the host or the
+    zygote) dies: an execution must never go on running unobserved (its effects could
+    not be journaled anyway)."""
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() == 1:  # the host died before the request took effect
+        if os.getppid() != parent:  # the parent died before the request took effect
             os._exit(1)
 
 
 _PR_SET_PDEATHSIG = 1
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    # First of all, so that a stop sent while the interpreter still imports is kept.
+def become_child(parent: int) -> None:
+    """The process settings of a child, spawned or forked: a stop (SIGTERM) is kept from
+    now on, the child dies with `parent`, and Ctrl-C in a terminal is not its."""
     signal.signal(signal.SIGTERM, _on_term)
-    _die_with_host()
+    # The parent starts a child with SIGTERM blocked: a stop sent while the child still
+    # started (an interpreter importing, say) waited, and is handled from here on.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    args = list(sys.argv[1:] if argv is None else argv)
-    sock = socket.socket(fileno=int(args[0]))
-    channel = Channel(sock)
+
+
+def serve_fd(fd: int) -> int:
+    """`serve` on the channel socket `fd`, which is closed afterwards."""
+    channel = Channel(socket.socket(fileno=fd))
     try:
         return serve(channel)
     finally:
         channel.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # First of all, so that a stop sent while the interpreter still imports is kept.
+    args = list(sys.argv[1:] if argv is None else argv)  # FD HOST_PID
+    become_child(int(args[1]))
+    return serve_fd(int(args[0]))
 
 
 if __name__ == "__main__":

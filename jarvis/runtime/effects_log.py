@@ -1,10 +1,11 @@
 """The record of an execution's completed effects, and its replay after a resume.
 
-Every completed effect (a Book call's result or error, `now()`, `sleep`, `checkpoint`)
-is one journal record, JSON-encoded, appended (and fsynced) before the program sees the
-result. After a resume, effects the journal already holds are served from it, in order
-and without calling any Book; a record that does not match what the program asks for
-means the program is not the one that wrote the journal, which is refused.
+Every completed effect (a Book call's result or error, `now()`, `sleep`, `checkpoint`,
+an `artifact` upload's key and URL or its error) is one journal record, JSON-encoded,
+appended (and fsynced) before the program sees the result. After a resume, effects the
+journal already holds are served from it, in order and without calling any Book; a
+record that does not match what the program asks for means the program is not the one
+that wrote the journal, which is refused.
 """
 
 from __future__ import annotations
@@ -49,9 +50,12 @@ class MemoryEffects:
         return self.records[index]
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+"""Made once: `json.dumps` with options builds an encoder on every call."""
+
+
 def encode(record: dict[str, Any]) -> bytes:
-    return json.dumps(record, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False).encode("utf-8")
+    return _ENCODER.encode(record).encode("utf-8")
 
 
 def decode(payload: bytes) -> dict[str, Any]:

@@ -13,16 +13,19 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from jarvis.compiler.compiled import CompiledProgram
 from jarvis.compiler.phases import COMPILER_VERSION
+from jarvis.runtime.artifacts import ArtifactStore, ExecutionArtifacts, LocalArtifactStore
 from jarvis.runtime.books import BookRegistry
 from jarvis.runtime.channel import RemoteError
 from jarvis.runtime.child import pack_records
 from jarvis.runtime.isolation import ChildPool, HostServices, run_in_child
 from jarvis.runtime.journal import Journal, JournalCorrupt
 from jarvis.runtime.machine import Machine, MachineLimits, Outcome, SnapshotPolicy
+from jarvis.runtime.program_bytes import encode_program
 from jarvis.runtime.sinks import Sink
 from jarvis.runtime.snapshots import (
     FORMAT_VERSION,
@@ -31,7 +34,7 @@ from jarvis.runtime.snapshots import (
     SnapshotRejected,
     SnapshotStore,
 )
-from jarvis.runtime.statedir import ExecutionDir, StateError
+from jarvis.runtime.statedir import ExecutionDir, StateError, TraceSeqFile
 from jarvis.runtime.trace import Tracer
 from jarvis.settings import EngineSettings
 
@@ -98,8 +101,12 @@ class Execution:
         guard: Callable[[], None] | None = None,
         isolation: ChildPool | None = None,
         on_snapshot: Callable[[dict[str, int]], None] | None = None,
+        artifacts: ArtifactStore | None = None,
     ) -> None:
         self.program = program
+        # Where artifact() stores files: by default `<state_dir>/artifacts/`.
+        self.artifact_store = artifacts or LocalArtifactStore(
+            Path(settings.state_dir) / "artifacts")
         self.on_snapshot = on_snapshot
         self.isolation = isolation
         self.execution_id = execution_id
@@ -137,7 +144,8 @@ class Execution:
         inputs = started.get("inputs", self.inputs) if started else self.inputs
         store = SnapshotStore(directory.snapshots, keys, keep=self.settings.snapshot_keep,
                               guard=self.guard,
-                              max_bytes=self.settings.limits.max_snapshot_bytes)
+                              max_bytes=self.settings.limits.max_snapshot_bytes,
+                              fsync=self.settings.journal_fsync)
         try:
             loaded = store.load_newest(self.program.digest, COMPILER_VERSION,
                                        expect_execution_id=self.execution_id)
@@ -164,16 +172,17 @@ class Execution:
             directory.write_status({
                 "status": "running", "program": self.program.digest,
                 "inputs": inputs, "trace": self.program.trace_level,
-            })
+            }, fsync=self.settings.journal_fsync)
         if self.isolation is not None:
             try:
                 outcome = self._run_in_child(self.isolation, loaded, journal, snapshots,
                                              sink, inputs)
             finally:
                 journal.close()
+                sink.release()
             return self._finish(outcome, inputs)
         tracer = Tracer(self.execution_id, self.program.trace_sites, sink,
-                        max_steps=limits.max_steps)
+                        max_steps=limits.max_steps, max_events=limits.max_trace_events)
         machine = Machine(
             self.program,
             execution_id=self.execution_id,
@@ -188,11 +197,15 @@ class Execution:
                 max_recursion_depth=limits.max_recursion_depth,
                 max_book_calls=limits.max_book_calls,
                 max_output_bytes=limits.max_output_bytes,
+                max_print_bytes=limits.max_output_bytes,
+                max_snapshot_bytes=limits.max_snapshot_bytes,
                 max_seconds=limits.max_seconds,
+                max_artifact_bytes=limits.max_artifact_bytes,
             ),
             clock=self.clock,
             wait=self.wait,
             stop_requested=self.stop_requested,
+            artifacts=self._uploads(),
         )
         self.machine = machine
         if loaded is not None:
@@ -208,6 +221,7 @@ class Execution:
             outcome = machine.run()
         finally:
             journal.close()
+            sink.release()
         return self._finish(outcome, inputs)
 
     def _finish(self, outcome: Outcome, inputs: dict[str, Any]) -> Outcome:
@@ -221,7 +235,9 @@ class Execution:
             record["error"] = error_record(outcome)
         if self.guard is not None:
             self.guard()  # a worker that lost the execution leaves its status alone
-        directory.write_status(json.loads(json.dumps(record, default=str)))
+        # Durable like the journal: fsynced unless `journal_fsync` is off.
+        directory.write_status(json.loads(json.dumps(record, default=str)),
+                               fsync=self.settings.journal_fsync)
         return outcome
 
 
@@ -240,12 +256,11 @@ class Execution:
             self.report.resumed = journal.count > 0
         self.report.replayed_effects = len(tail)
         limits = self.settings.limits
+        program = encode_program(self.program)  # the child compiles nothing
         start = {
             "op": "start",
             "execution_id": self.execution_id,
-            "source": self.program.source.text,
-            "path": self.program.path,
-            "trace": self.program.trace_level,
+            "program_length": len(program),
             "inputs": inputs,
             "journal_first": first,
             "snapshot_length": len(snapshot),
@@ -254,19 +269,30 @@ class Execution:
             "snapshot_every_seconds": self.settings.snapshot_every_seconds,
             "limits": {
                 "max_steps": limits.max_steps,
+                "max_trace_events": limits.max_trace_events,
                 "max_seconds": limits.max_seconds,
                 "max_recursion_depth": limits.max_recursion_depth,
                 "max_book_calls": limits.max_book_calls,
                 "max_output_bytes": limits.max_output_bytes,
+                "max_artifact_bytes": limits.max_artifact_bytes,
+                "max_snapshot_bytes": limits.max_snapshot_bytes,
+                # The child's own process limits (jarvis/runtime/confine.py).
+                "max_memory_bytes": limits.max_memory_bytes,
+                "cpu_seconds": limits.cpu_seconds,
             },
         }
         child = pool.take()
         try:
-            return run_in_child(child, start, snapshot + pack_records(tail),
-                                HostServices(journal, snapshots, sink, self.books),
+            return run_in_child(child, start, program + snapshot + pack_records(tail),
+                                HostServices(journal, snapshots, sink, self.books,
+                                             self._uploads(), self.execution_id),
                                 self.stop_requested)
         finally:
             child.close()
+
+    def _uploads(self) -> ExecutionArtifacts:
+        return ExecutionArtifacts(self.artifact_store, self.execution_id,
+                                  self.settings.limits.max_artifact_bytes)
 
     def _open_journal(self, loaded: LoadedSnapshot | None) -> Journal | None:
         """The journal, read from where `loaded` left off (None if it cannot be)."""
@@ -309,6 +335,7 @@ class _DeliveryRecorder:
     def __init__(self, sink: Sink, directory: ExecutionDir, last_delivered: int) -> None:
         self.sink = sink
         self.directory = directory
+        self.seq_file: TraceSeqFile | None = None
         if last_delivered > sink.last_delivered:
             sink.last_delivered = last_delivered
 
@@ -320,7 +347,16 @@ class _DeliveryRecorder:
         before = self.sink.last_delivered
         self.sink.deliver(events)
         if self.sink.last_delivered != before:
-            self.directory.write_trace_seq(self.sink.last_delivered, fsync=False)
+            if self.seq_file is None:
+                self.seq_file = self.directory.open_trace_seq()
+            self.seq_file.write(self.sink.last_delivered)
+
+    def release(self) -> None:
+        """Close `trace.seq` (the run is over; the sink stays open for its owner)."""
+        if self.seq_file is not None:
+            self.seq_file.close()
+            self.seq_file = None
 
     def close(self) -> None:
+        self.release()
         self.sink.close()

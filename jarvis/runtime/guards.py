@@ -36,6 +36,7 @@ from jarvis.compiler.restrict import UnpackSpec
 from jarvis.runtime.builtins import BookProcedure, BookProxy
 from jarvis.runtime.errors import BookError
 from jarvis.runtime.frames import ResumableFunction
+from jarvis.runtime.lazy import LazyGenerator
 
 
 class SandboxViolation(BaseException):
@@ -67,6 +68,7 @@ VALUE_TYPES: Final[frozenset[type]] = frozenset({
     types.MethodDescriptorType,  # `str.join` named through its class
     types.GetSetDescriptorType,  # `int.real`, `KeyError.args` named through the class
     ResumableFunction, BookProxy, BookProcedure,
+    LazyGenerator,  # a generator expression's generator in its picklable form
 })
 """The exact types of the values a SPy program can hold, besides exceptions and the
 classes the builtins name. The compiler's `Cell` is not one: programs never hold one,
@@ -164,17 +166,19 @@ def _unpack_sequence_(value: Any, spec: UnpackSpec) -> Any:
 class _CheckedItems:
     """The items of a `for a, b in ...` loop, each checked as it is unpacked."""
 
-    __slots__ = ("items", "spec")
+    # `_` names: `items` is an allow-listed attribute, and nothing of this object may
+    # be readable should a program ever hold it.
+    __slots__ = ("_items", "_spec")
 
     def __init__(self, items: Iterator[Any], spec: UnpackSpec) -> None:
-        self.items = items
-        self.spec = spec
+        self._items = items
+        self._spec = spec
 
     def __iter__(self) -> _CheckedItems:
         return self
 
     def __next__(self) -> Any:
-        return _unpack_sequence_(next(self.items), self.spec)
+        return _unpack_sequence_(next(self._items), self._spec)
 
 
 def _iter_unpack_sequence_(value: Any, spec: UnpackSpec) -> Any:

@@ -9,7 +9,10 @@ arguments, since only the class can be passed.
 from __future__ import annotations
 
 import ctypes
+import heapq
+import itertools
 import threading
+import time
 
 _MAIN = threading.main_thread()
 
@@ -42,7 +45,12 @@ def clear_pending(thread_id: int) -> None:
 
 class Deadline:
     """Raise `exception` in the current thread once `seconds` have passed, unless the
-    guarded block ends first. Costs nothing while the program runs."""
+    guarded block ends first. Costs nothing while the program runs.
+
+    Every Deadline of the process is watched by one shared daemon thread (`_Watchdog`),
+    started the first time one is needed: entering and leaving a Deadline only files
+    and withdraws an entry, so a run does not pay for starting a thread.
+    """
 
     def __init__(self, seconds: float | None, exception: type[BaseException]) -> None:
         self.seconds = seconds
@@ -51,7 +59,6 @@ class Deadline:
         self.active = False
         self.fired = False
         self.thread_id = threading.get_ident()
-        self.timer: threading.Timer | None = None
 
     def _fire(self) -> None:
         with self.lock:
@@ -61,15 +68,80 @@ class Deadline:
     def __enter__(self) -> Deadline:
         if self.seconds is not None and self.seconds > 0:
             self.active = True
-            self.timer = threading.Timer(self.seconds, self._fire)
-            self.timer.daemon = True
-            self.timer.start()
+            _watchdog().watch(time.monotonic() + self.seconds, self)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        if not self.active and not self.fired:
+            return  # no time limit was set (only the watchdog sets `fired`, while active)
         with self.lock:
-            self.active = False
-            if self.timer is not None:
-                self.timer.cancel()
+            was_active, self.active = self.active, False
             if self.fired:
                 clear_pending(self.thread_id)
+        if was_active:
+            _watchdog().forget(self)
+
+
+class _Watchdog:
+    """One daemon thread that fires the Deadlines that expire before they are left."""
+
+    def __init__(self) -> None:
+        self.condition = threading.Condition(threading.Lock())
+        self.heap: list[tuple[float, int, Deadline]] = []
+        self.order = itertools.count()
+        self.thread = threading.Thread(target=self.run, name="jarvis-deadlines", daemon=True)
+        self.thread.start()
+
+    def watch(self, when: float, deadline: Deadline) -> None:
+        with self.condition:
+            heapq.heappush(self.heap, (when, next(self.order), deadline))
+            if self.heap[0][2] is deadline:
+                self.condition.notify()  # it expires before what the thread waits for
+
+    def forget(self, deadline: Deadline) -> None:
+        with self.condition:
+            if self.heap and self.heap[0][2] is deadline:
+                heapq.heappop(self.heap)  # the common case: the run that just ended
+            else:
+                self.heap = [entry for entry in self.heap if entry[2] is not deadline]
+                heapq.heapify(self.heap)
+
+    def run(self) -> None:
+        while True:
+            with self.condition:
+                while not self.heap or self.heap[0][0] > time.monotonic():
+                    timeout = self.heap[0][0] - time.monotonic() if self.heap else None
+                    self.condition.wait(timeout)
+                _, _, due = heapq.heappop(self.heap)
+            due._fire()
+
+
+_WATCHDOG: _Watchdog | None = None
+_WATCHDOG_LOCK = threading.Lock()
+
+
+def _watchdog() -> _Watchdog:
+    global _WATCHDOG
+    if _WATCHDOG is None or not _WATCHDOG.thread.is_alive():
+        with _WATCHDOG_LOCK:
+            if _WATCHDOG is None or not _WATCHDOG.thread.is_alive():
+                # A child made by fork() has no threads: it starts its own watchdog.
+                _WATCHDOG = _Watchdog()
+    return _WATCHDOG
+
+
+def start_watchdog() -> None:
+    """Start this process's watchdog thread now, if it is not running.
+
+    A confined child calls it before it confines itself: once its address space is
+    limited, starting a thread may fail, and the program must never wait on that.
+    """
+    _watchdog()
+
+
+def interrupt_main_later(seconds: float, exception: type[BaseException]) -> None:
+    """Raise `exception` in the main thread after `seconds`, from the watchdog thread
+    (no thread is started here: this runs in signal handlers of confined children)."""
+    deadline = Deadline(seconds, exception)
+    deadline.thread_id = _MAIN.ident or deadline.thread_id
+    deadline.__enter__()  # never left: it fires, or the process ends first

@@ -6,41 +6,35 @@ host's fencing guard), snapshots (signed with keys the child never sees), trace
 batches (to the host's sinks) and Book calls. A child that dies (killed, out of
 memory) ends the execution as `failed` with the cause; the host carries on.
 
-Children start before they are needed (`ChildPool`), so a start does not wait for an
-interpreter to boot; each child runs one execution and exits.
+Each child runs one execution and exits. A `ChildPool` keeps children ready before
+they are needed: forked by the zygote (forks.py, zygote.py) in a millisecond or two, or,
+for a pool of size 0 (a single `jarvis run`), spawned as a fresh interpreter.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
+import functools
+import itertools
 import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, Any, Protocol
+from typing import Any, Protocol
 
+from jarvis.runtime.artifacts import ArtifactUploads
 from jarvis.runtime.books import BookRegistry, check_json_value
-from jarvis.runtime.channel import Channel, ChannelClosed, ChannelError, RemoteError
+from jarvis.runtime.channel import ChannelClosed, ChannelError, RemoteError
+from jarvis.runtime.children import CHILD_ENVIRONMENT as CHILD_ENVIRONMENT
+from jarvis.runtime.children import Child
+from jarvis.runtime.children import ChildDied as ChildDied
+from jarvis.runtime.children import ChildProcess as ChildProcess
+from jarvis.runtime.confine import limit_of_death, warn_if_unavailable
 from jarvis.runtime.errors import BookError
+from jarvis.runtime.forks import ForkServer
 from jarvis.runtime.locate import ErrorLocation
 from jarvis.runtime.machine import Outcome
 from jarvis.runtime.trace import TraceEvent
-
-CHILD_ENVIRONMENT = {
-    "PATH": os.defpath,
-    "LANG": "C.UTF-8",
-    # Set and string iteration orders must be the same in every process that runs (or
-    # resumes) an execution: a replay depends on it.
-    "PYTHONHASHSEED": "0",
-    "PYTHONDONTWRITEBYTECODE": "1",
-    "PYTHONNOUSERSITE": "1",
-}
 
 
 class HostJournal(Protocol):
@@ -55,74 +49,23 @@ class HostSink(Protocol):
     def deliver(self, events: Any) -> None: ...
 
 
-class ChildDied(Exception):
-    """The child process running an execution exited without reporting an outcome."""
-
-
-class ChildProcess:
-    """A started child, waiting for the start message of the execution it will run."""
-
-    def __init__(self) -> None:
-        host_end, child_end = socket.socketpair()
-        self.workdir = tempfile.mkdtemp(prefix="jarvis-child-")
-        self.log: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "jarvis.runtime.child", str(child_end.fileno())],
-            pass_fds=(child_end.fileno(),),
-            stdin=subprocess.DEVNULL,
-            stdout=self.log,
-            stderr=self.log,
-            cwd=self.workdir,
-            env=dict(CHILD_ENVIRONMENT),
-            start_new_session=True,  # a terminal's Ctrl-C goes to the host, not here
-            close_fds=True,
-        )
-        child_end.close()
-        self.channel = Channel(host_end)
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def signal(self, signum: int) -> None:
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signum)
-
-    def log_tail(self, limit: int = 4000) -> str:
-        self.log.seek(0)
-        return self.log.read().decode("utf-8", "replace")[-limit:]
-
-    def cause_of_death(self) -> str:
-        code = self.process.wait(timeout=30)
-        if code < 0:
-            name = signal.Signals(-code).name
-            hint = " (out of memory?)" if -code == signal.SIGKILL else ""
-            return f"the execution's process was killed by {name}{hint}"
-        tail = self.log_tail().strip().splitlines()
-        last = tail[-1] if tail else "no output"
-        return f"the execution's process exited with status {code}: {last}"
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait(timeout=30)
-        self.channel.close()
-        self.log.close()
-        shutil.rmtree(self.workdir, ignore_errors=True)
-
-
 class ChildPool:
     """Children started ahead of need; `take()` hands one out and a replacement starts.
 
-    Replacements are started by one long-lived thread of the pool: Linux delivers a
-    child's parent-death signal when the *thread* that forked it ends, so a child must
-    never be forked by a short-lived thread (a run's) and then outlive it in the pool.
+    With `fork` (the default for a pool of size 1 or more) children are forked by a
+    zygote the pool starts; otherwise each is a fresh interpreter. Spawned replacements
+    are started by one long-lived thread of the pool: Linux delivers a child's
+    parent-death signal when the *thread* that started it ends, so a child must never
+    be started by a short-lived thread (a run's) and then outlive it in the pool. (A
+    forked child's parent is the zygote, so any thread may ask for one.)
     """
 
-    def __init__(self, size: int = 1) -> None:
+    def __init__(self, size: int = 1, fork: bool | None = None) -> None:
+        warn_if_unavailable()  # logs once that children would run without seccomp
         self.size = size
+        self.forks = ForkServer() if (size > 0 if fork is None else fork) else None
         self.lock = threading.Condition()
-        self.ready: deque[ChildProcess] = deque()
+        self.ready: deque[Child] = deque()
         self.wanted = size
         self.closed = False
         self.spawner: threading.Thread | None = None
@@ -131,6 +74,9 @@ class ChildPool:
                                             daemon=True)
             self.spawner.start()
 
+    def _start(self) -> Child:
+        return self.forks.fork() if self.forks is not None else ChildProcess()
+
     def _spawn(self) -> None:
         while True:
             with self.lock:
@@ -138,7 +84,12 @@ class ChildPool:
                     self.lock.wait()
                 if self.closed:
                     return
-            child = ChildProcess()
+            try:
+                child = self._start()
+            except ChildDied:  # no zygote for now: `take()` reports it to its run
+                with self.lock:
+                    self.lock.wait(1.0)
+                continue
             with self.lock:
                 if self.closed:
                     child.close()
@@ -146,22 +97,24 @@ class ChildPool:
                 self.ready.append(child)
                 self.lock.notify_all()
 
-    def next_ready(self, timeout: float = 30.0) -> ChildProcess:
+    def next_ready(self, timeout: float = 30.0) -> Child:
         """The child the next `take()` will hand out, once it is started."""
         with self.lock:
             if not self.lock.wait_for(lambda: bool(self.ready) or self.closed, timeout):
                 raise TimeoutError("no child process became ready")
             return self.ready[0]
 
-    def take(self) -> ChildProcess:
+    def take(self) -> Child:
         """A ready child, or (while none is ready) one started for the caller, which must
-        close it before the calling thread ends."""
+        close it (a spawned one before the calling thread ends)."""
         with self.lock:
-            if self.ready:
+            while self.ready:
                 child = self.ready.popleft()
                 self.lock.notify_all()
-                return child
-        return ChildProcess()
+                if child.poll() is None:
+                    return child
+                child.close()  # died while it waited (its zygote died, say)
+        return self._start()
 
     def close(self) -> None:
         with self.lock:
@@ -171,6 +124,8 @@ class ChildPool:
                 self.ready.popleft().close()
         if self.spawner is not None:
             self.spawner.join(timeout=30)
+        if self.forks is not None:
+            self.forks.close()
 
 
 @dataclass
@@ -181,10 +136,14 @@ class HostServices:
     snapshots: HostSnapshots
     sink: HostSink
     books: BookRegistry
+    # Checks, keys and stores the child's artifacts (ExecutionArtifacts); None: refused.
+    artifacts: ArtifactUploads | None = None
+    execution_id: str = ""
+    """The id the child's trace events are delivered under."""
 
 
 def run_in_child(
-    child: ChildProcess,
+    child: Child,
     start: dict[str, Any],
     blob: bytes,
     services: HostServices,
@@ -209,8 +168,11 @@ def run_in_child(
             try:
                 header, data = channel.receive()
             except (ChannelClosed, ChannelError) as exc:
-                cause = child.cause_of_death() if isinstance(exc, ChannelClosed) else str(exc)
-                return Outcome("failed", {}, ChildDied(cause))
+                if not isinstance(exc, ChannelClosed):
+                    return Outcome("failed", {}, ChildDied(str(exc)))
+                cause = child.cause_of_death()  # a limit it died of is named as one
+                limit = limit_of_death(child.wait(timeout=30), child.log_tail())
+                return Outcome("failed", {}, limit or ChildDied(cause))
             op = header.get("op")
             if op == "outcome":
                 return _outcome(header)
@@ -225,7 +187,7 @@ def run_in_child(
                 if op in ("journal", "snapshot"):
                     # A refused write (a stale lease, a full disk): the run cannot go on.
                     child.signal(signal.SIGKILL)
-                    child.process.wait(timeout=30)
+                    child.wait(timeout=30)
                     return Outcome("failed", {}, exc)
                 continue
             channel.send(answer)
@@ -242,8 +204,7 @@ def _perform(op: Any, header: dict[str, Any], data: bytes,
         services.snapshots.save(data, int(header["effects"]), counters)
         return {"ok": True}
     if op == "trace":
-        events = [TraceEvent.from_json(event) for event in header["events"]]
-        services.sink.deliver(events)
+        services.sink.deliver(trace_events(services.execution_id, header["rows"]))
         return {"ok": True}
     if op == "book":
         args, kwargs = header["args"], header["kwargs"]
@@ -252,7 +213,46 @@ def _perform(op: Any, header: dict[str, Any], data: bytes,
         book = services.books.get(str(header["book"]))
         result = book.call(str(header["procedure"]), list(args), dict(kwargs), str(header["key"]))
         return {"ok": True, "result": result}
+    if op == "artifact":
+        if services.artifacts is None:
+            raise RuntimeError("this host stores no artifacts")
+        stored = services.artifacts.upload(int(header["index"]), str(header["name"]), data,
+                                           str(header["content_type"]))
+        return {"ok": True, "key": stored.key, "url": stored.url, "bytes": stored.size,
+                "sha256": stored.sha256}
     raise ChannelError(f"unknown request {op!r}")
+
+
+_ROW_TYPES: tuple[set[type], ...] = (
+    {int}, {str}, {int}, {int}, {int}, {int}, {str}, {str}, {str}, {float, int, type(None)},
+)
+"""The type(s) of each field of a trace row: TraceEvent's fields after execution_id."""
+_new_event = functools.partial(tuple.__new__, TraceEvent)
+
+
+def trace_events(execution_id: str, rows: Any) -> list[TraceEvent]:
+    """The child's trace rows as events of `execution_id`, checked column by column (a
+    row of the wrong shape or type is refused as a whole batch)."""
+    if not isinstance(rows, list) or not rows:
+        return []
+    if {len(row) if isinstance(row, list) else -1 for row in rows} != {len(_ROW_TYPES)}:
+        raise ChannelError("malformed trace rows")
+    columns = list(zip(*rows, strict=True))
+    for column, allowed in zip(columns, _ROW_TYPES, strict=True):
+        if not set(map(type, column)) <= allowed:
+            raise ChannelError("malformed trace rows")
+    return list(map(_new_event, zip(itertools.repeat(execution_id), *columns)))
+
+
+MAX_ERROR_MESSAGE_CHARS = 16_384
+"""How much of an error's message the host keeps (status files, status events): a
+program raising a message of megabytes must not get around the output limits."""
+
+
+def _bounded(message: str) -> str:
+    extra = len(message) - MAX_ERROR_MESSAGE_CHARS
+    return message if extra <= 0 else (
+        f"{message[:MAX_ERROR_MESSAGE_CHARS]}... ({extra:,} more characters)")
 
 
 def _outcome(header: dict[str, Any]) -> Outcome:
@@ -260,7 +260,7 @@ def _outcome(header: dict[str, Any]) -> Outcome:
     error: BaseException | None = None
     location: ErrorLocation | None = None
     if error_info:
-        error = RemoteError(str(error_info["type"]), str(error_info["message"]))
+        error = RemoteError(str(error_info["type"]), _bounded(str(error_info["message"])))
         error.limit = error_info.get("limit")  # type: ignore[attr-defined]
         if error_info.get("line"):
             location = ErrorLocation(int(error_info["line"]), int(error_info["col"]),

@@ -49,6 +49,7 @@ _CRC = struct.Struct(">I")
 _PREFIX = struct.Struct(">II32s")  # payload length, crc32, HMAC
 _MAC_DOMAIN = b"jarvis journal record\x00"
 _INDEX = struct.Struct(">Q")
+_ONE_SHOT_BYTES = 1 << 16  # payloads up to this size are signed in one call
 _ID_LENGTH = struct.Struct(">H")
 # The whole file while it is scanned on open (an mmap), or one record read later.
 _Buffer = bytes | mmap.mmap
@@ -83,19 +84,30 @@ def encode_header(execution_id: str) -> bytes:
     return fixed + _CRC.pack(zlib.crc32(fixed))
 
 
-def _mac(key: bytes, execution_id: bytes, index: int, payload: bytes) -> bytes:
-    signer = hmac.new(key, _MAC_DOMAIN, sha256)
+def _mac_prefix(execution_id: bytes) -> bytes:
+    """What a record's HMAC covers before its index: the same for every record."""
     # The id's length goes first so that (id, index) pairs cannot run into each other.
-    signer.update(_ID_LENGTH.pack(len(execution_id)) + execution_id)
-    signer.update(_INDEX.pack(index))
-    signer.update(payload)
-    return signer.digest()
+    return _MAC_DOMAIN + _ID_LENGTH.pack(len(execution_id)) + execution_id
 
 
 def encode_record(key: bytes, execution_id: str, index: int, payload: bytes) -> bytes:
     """Record number `index` of `execution_id`'s journal, signed with `key`."""
-    mac = _mac(key, execution_id.encode("ascii"), index, payload)
-    length = struct.pack(">I", len(payload))
+    return _encode_record(key, _mac_prefix(execution_id.encode("ascii")), index, payload)
+
+
+def _one_shot_mac(key: bytes, mac_prefix: bytes, index: int, payload: bytes) -> bytes:
+    """HMAC-SHA256 of `mac_prefix`, the record's index and its payload: in one call
+    into C for a small payload, in steps for a large one (not copied)."""
+    if len(payload) > _ONE_SHOT_BYTES:
+        signer = hmac.new(key, mac_prefix + _INDEX.pack(index), sha256)
+        signer.update(payload)
+        return signer.digest()
+    return hmac.digest(key, mac_prefix + _INDEX.pack(index) + payload, "sha256")
+
+
+def _encode_record(key: bytes, mac_prefix: bytes, index: int, payload: bytes) -> bytes:
+    mac = _one_shot_mac(key, mac_prefix, index, payload)
+    length = _CRC.pack(len(payload))
     crc = zlib.crc32(payload, zlib.crc32(mac, zlib.crc32(length)))
     return length + _CRC.pack(crc) + mac + payload
 
@@ -120,8 +132,9 @@ def _framing_problem(buf: _Buffer, offset: int) -> tuple[int, str | None]:
 def _verifies(
     keys: Sequence[bytes], execution_id: bytes, index: int, mac: bytes, payload: bytes
 ) -> bool:
+    prefix = _mac_prefix(execution_id)
     return any(
-        hmac.compare_digest(_mac(key, execution_id, index, payload), mac) for key in keys
+        hmac.compare_digest(_one_shot_mac(key, prefix, index, payload), mac) for key in keys
     )
 
 
@@ -154,6 +167,7 @@ class Journal:
         self._fd = fd
         self._keys = keys
         self._id = execution_id.encode("ascii")
+        self._mac_prefix = _mac_prefix(self._id)
         self._fsync = fsync
         self._guard = guard
         self._offsets = offsets
@@ -332,19 +346,23 @@ class Journal:
         if self._guard is not None:
             self._guard()
         index = self.count
-        record = encode_record(self._keys[0], self.execution_id, index, bytes(payload))
+        record = _encode_record(self._keys[0], self._mac_prefix, index, bytes(payload))
         try:
-            write_all(self._fd, record)
+            written = os.write(self._fd, record)
+            if written != len(record):
+                write_all(self._fd, record[written:])
+            # With O_APPEND, the file offset is now just past where our record went.
+            at = os.lseek(self._fd, 0, os.SEEK_CUR)
             if self._fsync:
                 os.fsync(self._fd)
         except BaseException as exc:
             self._abandon_write(f"appending record {index} failed: {exc!r}")
             raise
         new_end = self._end + len(record)
-        size = os.fstat(self._fd).st_size
-        if size != new_end:
+        if at != new_end:
             # O_APPEND put our record at the end of whatever else was written there.
-            self._broken = f"the file is {size} bytes, expected {new_end}: another writer?"
+            self._broken = (f"the record ends at byte {at}, expected {new_end}: "
+                            "another writer?")
             raise JournalError(f"{self.path}: {self._broken}")
         self._offsets.append(self._end)
         self._end = new_end

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -16,8 +17,29 @@ class ErrorLocation:
     end_col: int
 
 
+_ORIGIN = "_jv_origin"
+"""The attribute where `mark_origin` keeps a position (SPy programs cannot name it)."""
+
+
+def mark_origin(error: BaseException, line: int, col: int, end_line: int, end_col: int) -> None:
+    """Record that `error` comes from the effect at this span (1-based columns, as in
+    `ErrorLocation` and trace events).
+
+    An effect's error (a Book's, a bad `sleep` argument) is raised into the program
+    by the step function's entry, whose position says nothing; the span of the call
+    that suspended is where it happened. The first mark wins.
+    """
+    if getattr(error, _ORIGIN, None) is None:
+        with contextlib.suppress(AttributeError):  # a type without a __dict__
+            setattr(error, _ORIGIN, (line, col, end_line, end_col))
+
+
 def locate(error: BaseException, path: str) -> ErrorLocation | None:
-    """The innermost position in `path` on the traceback of `error`, if any."""
+    """Where `error` was raised in the program at `path`: the effect it came from
+    (`mark_origin`), else the innermost position in `path` on its traceback."""
+    origin = getattr(error, _ORIGIN, None)
+    if isinstance(origin, tuple) and len(origin) == 4:
+        return ErrorLocation(*origin)
     found: ErrorLocation | None = None
     tb: TracebackType | None = error.__traceback__
     while tb is not None:

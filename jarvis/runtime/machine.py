@@ -12,15 +12,25 @@ and when a stop is requested.
 from __future__ import annotations
 
 import json
+import math
 import pickle
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from jarvis.compiler.compiled import CompiledProgram
-from jarvis.compiler.lower.blocks import BOOK, CALL, CHECKPOINT, RETURN, SLEEP
-from jarvis.runtime.books import BookRegistry, check_json_value, to_json_value
+from jarvis.compiler.lower.blocks import ARTIFACT, BOOK, CALL, CHECKPOINT, RETURN, SLEEP
+from jarvis.runtime.artifacts import (
+    ArtifactUploads,
+    ExecutionArtifacts,
+    MemoryArtifactStore,
+    artifact_arguments,
+    sha256_hex,
+)
+from jarvis.runtime.books import BookRegistry, json_copy
+from jarvis.runtime.channel import RemoteError
 from jarvis.runtime.effects_log import (
     EffectStore,
     book_outcome,
@@ -29,11 +39,11 @@ from jarvis.runtime.effects_log import (
     encode,
     expect,
 )
-from jarvis.runtime.errors import BookError, LimitExceeded
+from jarvis.runtime.errors import BookError, LimitExceeded, RuntimeSetupError
 from jarvis.runtime.frames import Frame, ResumableFunction
 from jarvis.runtime.guards import SandboxViolation
 from jarvis.runtime.interrupt import Deadline, Stopped
-from jarvis.runtime.locate import ErrorLocation, locate
+from jarvis.runtime.locate import ErrorLocation, locate, mark_origin
 from jarvis.runtime.namespace import Namespace
 
 
@@ -79,6 +89,8 @@ class MachineLimits:
     max_output_bytes: int = 1 << 20
     max_print_bytes: int = 1 << 20
     max_seconds: float | None = None
+    max_artifact_bytes: int = 16 << 20
+    max_snapshot_bytes: int | None = None
 
 
 @dataclass
@@ -116,6 +128,7 @@ class Machine:
         clock: Callable[[], float] = time.time,
         wait: Callable[[float], None] = time.sleep,
         stop_requested: Callable[[], bool] = lambda: False,
+        artifacts: ArtifactUploads | None = None,
     ) -> None:
         self.program = program
         self.execution_id = execution_id
@@ -128,12 +141,17 @@ class Machine:
         self.clock = clock
         self.wait = wait
         self.stop_requested = stop_requested
+        # Without a store, artifacts are kept in memory (tests, non-durable runs).
+        self.artifacts: ArtifactUploads = artifacts or ExecutionArtifacts(
+            MemoryArtifactStore(), execution_id, self.limits.max_artifact_bytes)
         self.namespace = Namespace(program, self, tracer.hooks())
         self.namespace.set_inputs(inputs)
         self.outputs: dict[str, Any] = {}
         self.output_bytes = 0
         self.print_bytes = 0
         self.book_calls = 0
+        self.artifact_count = 0
+        self.artifact_bytes = 0
         self.effect_count = 0
         self.stack: list[Frame] = []
         self.resume: tuple[int, Any] = (0, None)
@@ -176,6 +194,8 @@ class Machine:
         self.output_bytes = counters.get("output_bytes", 0)
         self.print_bytes = counters.get("print_bytes", 0)
         self.book_calls = counters.get("book_calls", 0)
+        self.artifact_count = counters.get("artifacts", 0)
+        self.artifact_bytes = counters.get("artifact_bytes", 0)
         self.tracer.resume_at(*state["tracer"])
         self.snapshot_effects = self.effect_count
 
@@ -185,6 +205,8 @@ class Machine:
             "book_calls": self.book_calls,
             "output_bytes": self.output_bytes,
             "print_bytes": self.print_bytes,
+            "artifacts": self.artifact_count,
+            "artifact_bytes": self.artifact_bytes,
             "snapshots": self.snapshots_taken,
             "snapshots_skipped": self.snapshots_skipped,
             "trace_seq": self.tracer.seq,
@@ -199,13 +221,18 @@ class Machine:
         try:
             payload = self.state_bytes()
         except (TypeError, AttributeError, pickle.PicklingError) as exc:
-            # Something live cannot be pickled (a generator kept across a Book call).
+            # Something live cannot be pickled (a value the state pickler does not
+            # know; generators of generator expressions are picklable, see lazy.py).
             # The journal still holds every effect, so the execution stays durable:
             # a resume replays from the previous snapshot instead of this one.
             self.snapshots_skipped += 1
             self.tracer.event("checkpoint", 0, 0, 0, 0, "snapshot skipped",
                               text=f"the live state cannot be saved: {exc}")
             return
+        limit = self.limits.max_snapshot_bytes
+        if limit is not None and len(payload) > limit:
+            raise LimitExceeded("snapshot_bytes", f"the live state takes {len(payload):,} "
+                                f"bytes to save; the limit is {limit:,}")
         self.snapshots.save(payload, self.effect_count, self.counters())
         self.snapshots_taken += 1
 
@@ -218,18 +245,24 @@ class Machine:
         try:
             with Deadline(self.limits.max_seconds, TimeLimitExceeded):
                 self.drive()
+            self.tracer.flush()  # may find the trace past its limit (trace_events)
         except Stopped:
             return self.stopped_outcome()
         except LimitExceeded as exc:
-            where = locate(exc, self.program.path)
-            line, col = (where.line, where.col) if where else (0, 0)
-            self.tracer.event("limit", line, col, 0, 0, exc.limit, exc.detail)
-            self.tracer.flush()
-            return Outcome("failed", self.outputs, exc, where, self.counters())
+            return self.limit_outcome(exc, locate(exc, self.program.path))
         except (Exception, SandboxViolation) as exc:
             # A SandboxViolation is not catchable by the program, but it ends the
             # execution like any uncaught error: failed, with where it happened.
             where = locate(exc, self.program.path)
+            limit = limit_of(exc)
+            if limit is not None:
+                if isinstance(exc, MemoryError):
+                    # Let go of what the program holds, so that reporting has room.
+                    exc.__traceback__ = None
+                    self.stack.clear()
+                    for name in self.namespace.user_globals():
+                        del self.namespace.globals[name]
+                return self.limit_outcome(limit, where)
             line, col = (where.line, where.col) if where else (0, 0)
             end_line, end_col = (where.end_line, where.end_col) if where else (0, 0)
             self.tracer.event("exception", line, col, end_line, end_col,
@@ -239,8 +272,17 @@ class Machine:
         self.tracer.flush()
         return Outcome("completed", self.outputs, counters=self.counters())
 
-    def stopped_outcome(self) -> Outcome:
+    def limit_outcome(self, exc: LimitExceeded, where: ErrorLocation | None) -> Outcome:
+        line, col = (where.line, where.col) if where else (0, 0)
+        self.tracer.event("limit", line, col, 0, 0, exc.limit, exc.detail)
         self.tracer.flush()
+        return Outcome("failed", self.outputs, exc, where, self.counters())
+
+    def stopped_outcome(self) -> Outcome:
+        try:
+            self.tracer.flush()
+        except LimitExceeded as exc:  # the trace was past its limit when the stop came
+            return self.limit_outcome(exc, None)
         return Outcome("suspended", self.outputs, counters=self.counters())
 
     def drive(self) -> None:
@@ -305,9 +347,17 @@ class Machine:
                 _no_arguments("checkpoint", args, kwargs)
                 self.checkpoint_effect(site)
                 result = None
+            elif kind == ARTIFACT:
+                result = self.artifact_effect(*artifact_arguments(args, kwargs))
             else:
                 raise AssertionError(f"unknown effect kind {kind}")
-        except (Exception) as exc:
+        except (RuntimeSetupError, RemoteError) as exc:
+            # The host could not perform the effect (a Book that does not load, a
+            # request it refused): not the program's error to catch; the run fails.
+            mark_origin(exc, site.line, site.col, site.end_line, site.end_col)
+            raise
+        except Exception as exc:
+            mark_origin(exc, site.line, site.col, site.end_line, site.end_col)
             outcome: tuple[int, Any] = (1, exc)
         else:
             outcome = (0, result)
@@ -343,8 +393,9 @@ class Machine:
     def book_call(self, book: str, procedure: str, args: list[Any], kwargs: dict[str, Any],
                   site: Any = None) -> Any:
         try:
-            check_json_value(args, "the arguments")
-            check_json_value(kwargs, "the keyword arguments")
+            # Checked and copied once: the Book gets these copies (see `Book.call`).
+            copied_args = json_copy(args, "the arguments")
+            copied_kwargs = json_copy(kwargs, "the keyword arguments")
         except TypeError as exc:
             raise TypeError(f"{book}.{procedure}(): {exc}") from None
         if self.book_calls >= self.limits.max_book_calls:
@@ -365,8 +416,7 @@ class Machine:
             result: Any = None
             try:
                 result = self.books.get(book).call(
-                    procedure, to_json_value(args), to_json_value(kwargs),
-                    f"{self.execution_id}:{index + 1}")
+                    procedure, copied_args, copied_kwargs, f"{self.execution_id}:{index + 1}")
             except BookError as exc:
                 error = exc
             record = book_record(book, procedure, result, error,
@@ -402,6 +452,8 @@ class Machine:
             raise TypeError("sleep(): seconds must be a number")
         if not seconds >= 0:
             raise ValueError("sleep(): seconds must be zero or more")
+        if not math.isfinite(seconds):
+            raise ValueError("sleep(): seconds must be a finite number")
         if self.replaying():
             record = self.next_record()
             expect(record, "sleep", self.effect_count)
@@ -441,6 +493,41 @@ class Machine:
         self.tracer.event("checkpoint", line, col, end_line, end_col, "checkpoint()",
                           self.effect_count)
 
+    def artifact(self, name: str, content: bytes, content_type: str) -> str:
+        """`artifact()` reached without suspending (called through a variable)."""
+        return self.artifact_effect(name, content, content_type)
+
+    def artifact_effect(self, name: str, content: bytes, content_type: str) -> str:
+        """Store `content` as the artifact `name` (or replay the journaled upload);
+        return its URL. An upload that fails is journaled too, and raises RuntimeError."""
+        if len(content) > self.limits.max_artifact_bytes:
+            raise LimitExceeded("artifact_bytes",
+                                f"artifact {name!r} has {len(content)} bytes; the limit is "
+                                f"{self.limits.max_artifact_bytes}")
+        index = self.effect_count
+        digest = sha256_hex(content)
+        if self.replaying():
+            record = self.next_record()
+            expect(record, "artifact", index, n=name, sha256=digest)
+            self.effect_count += 1
+        else:
+            started = time.perf_counter()
+            record = {"k": "artifact", "n": name, "sha256": digest}
+            try:
+                # Key from the effect's number: a retried upload overwrites the same object.
+                stored = self.artifacts.upload(index + 1, name, content, content_type)
+            except Exception as exc:
+                record["err"] = f"{type(exc).__name__}: {exc}"
+            else:
+                record.update(key=stored.key, url=stored.url, bytes=stored.size)
+            record["ms"] = round((time.perf_counter() - started) * 1000, 3)
+            self.commit(record)
+        if "err" in record:
+            raise RuntimeError(f"artifact(): storing {name!r} failed: {record['err']}")
+        self.artifact_count += 1
+        self.artifact_bytes += int(record["bytes"])
+        return str(record["url"])
+
     def output(self, name: str, value: Any) -> None:
         size = len(json.dumps(value, ensure_ascii=False))
         previous = self.outputs.get(name)
@@ -460,6 +547,22 @@ class Machine:
             raise LimitExceeded("print_bytes",
                                 f"printed more than {self.limits.max_print_bytes} bytes")
         self.tracer.event("print", 0, 0, 0, 0, "print", text=text)
+
+
+def limit_of(error: BaseException) -> LimitExceeded | None:
+    """The limit an uncaught Python error means the program ran into, if any: memory
+    (a MemoryError, past the process's address space), recursion depth, or the digits
+    of an int converted to or from a string."""
+    if isinstance(error, MemoryError):
+        return LimitExceeded("memory", "the program ran out of memory (its process's "
+                             "address space limit)")
+    if isinstance(error, RecursionError):
+        return LimitExceeded("recursion_depth", str(error))
+    if isinstance(error, ValueError) and "integer string conversion" in str(error):
+        return LimitExceeded("int_digits", "an int of more than "
+                             f"{sys.get_int_max_str_digits():,} decimal digits cannot be "
+                             "converted to or from a string")
+    return None
 
 
 def _position(site: Any) -> tuple[int, int, int, int]:

@@ -14,6 +14,7 @@ import gc
 import io
 import pickle
 import types
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -34,9 +35,18 @@ from jarvis.runtime.frames import (
     with_defaults,
 )
 from jarvis.runtime.guards import guard_table
+from jarvis.runtime.lazy import make_generator, read_variable
 
 _STATIC_PREFIXES = ("_jv_step_", "_jv_bind_", "_jv_H_")
 """Globals the program module defines itself; rebuilt on load, never saved."""
+
+_NAMED: weakref.WeakKeyDictionary[
+    CompiledProgram,
+    tuple[dict[int, types.CodeType], dict[int, int], dict[int, types.CodeType]],
+] = weakref.WeakKeyDictionary()
+"""Per program: the code of its step functions with the program's own names, and the
+`code_index` and `codes` tables that go with it. Made by the program's first
+Namespace, shared read-only by the later ones."""
 
 
 class Namespace:
@@ -64,6 +74,8 @@ class Namespace:
             _jv_mkfn=self.make_function,
             _jv_defaults=with_defaults,
             _jv_pack=ArgumentPacker,
+            _jv_genexp=make_generator,
+            _jv_genvar=read_variable,
             **bounded.helpers(),
             **runtime_names(),
             **guard_table(),
@@ -80,11 +92,28 @@ class Namespace:
             for fid in program.functions
             if fid
         }
-        self.code_index = {id(code): index for index, code in enumerate(program.codes)}
-        # index -> the code with the program's own names (see `name_local_functions`)
-        self.codes: dict[int, types.CodeType] = {}
-        self.name_local_functions()
-        self.builtin_names = {id(value): key for key, value in table.items()}
+        named = _NAMED.get(program)
+        if named is None:
+            self.code_index = {id(code): index for index, code in enumerate(program.codes)}
+            # index -> the code with the program's own names (`name_local_functions`)
+            self.codes: dict[int, types.CodeType] = {}
+            self.name_local_functions()
+            _NAMED[program] = ({fid: step.__code__ for fid, step in self.steps.items()},
+                               self.code_index, self.codes)
+        else:
+            # Renamed once per program, and shared: the executions of a program run the
+            # same code objects, so CPython's specialisation of them carries over.
+            step_codes, self.code_index, self.codes = named
+            for fid, step in self.steps.items():
+                step.__code__ = step_codes[fid]
+        self._builtin_names: dict[int, str] | None = None
+
+    @property
+    def builtin_names(self) -> dict[int, str]:
+        """id -> name of each builtin (to pickle them by name); made when first needed."""
+        if self._builtin_names is None:
+            self._builtin_names = {id(value): key for key, value in self.builtins.items()}
+        return self._builtin_names
 
     def name_local_functions(self) -> None:
         """Functions and lambdas a step function creates get the qualified names Python
@@ -186,6 +215,12 @@ class _StatePickler(cloudpickle.Pickler):  # type: ignore[misc]
         return box
 
     def reducer_override(self, obj: Any) -> Any:
+        kind = _DICT_VIEWS.get(type(obj))
+        if kind is not None:
+            # A dict view shows its dict as it is now: keep the dict itself, or the view
+            # would show a copy taken at the snapshot after a resume.
+            mapping = next(r for r in gc.get_referents(obj) if type(r) is dict)
+            return _dict_view, (mapping, kind)
         view = _CONTAINER_ITERATORS.get(type(obj))
         if view is not None:
             # Python pickles an iterator over a dict or a set as a list of what it has
@@ -233,6 +268,18 @@ _CONTAINER_ITERATORS: dict[type, tuple[str, bool]] = {
 """The iterators over a dict (and its views) or a set, and what each iterates."""
 
 
+_DICT_VIEWS: dict[type, str] = {
+    type({}.keys()): "keys",
+    type({}.values()): "values",
+    type({}.items()): "items",
+}
+"""The views of a dict, and the method that makes each."""
+
+
+def _dict_view(mapping: dict[Any, Any], kind: str) -> Any:
+    return getattr(mapping, kind)()
+
+
 def _resume_iterator(container: Any, view: str, backwards: bool,
                      position: int) -> Iterator[Any]:
     """An iterator over `container` (a dict's `view`) that has produced `position` items."""
@@ -247,14 +294,17 @@ class _ChangedContainerIterator:
     """A resumed iterator whose dict or set had changed size under it: it fails as the
     iterator would have ("dictionary changed size during iteration")."""
 
+    # A program can hold this iterator: no attribute it may read (`message` is one).
+    __slots__ = ("_message",)
+
     def __init__(self, message: str) -> None:
-        self.message = message
+        self._message = message
 
     def __iter__(self) -> _ChangedContainerIterator:
         return self
 
     def __next__(self) -> Any:
-        raise RuntimeError(self.message)
+        raise RuntimeError(self._message)
 
 
 class _StateUnpickler(pickle.Unpickler):

@@ -2,7 +2,9 @@
 
 It executes the program's own source text (not the compiler's output) with the SPy
 runtime builtins and the Books of a registry, and records what the program did:
-outputs, printed text, Book calls in order, and the uncaught error if any. It is the
+outputs, printed text, Book calls in order, artifacts stored, and the uncaught error if
+any. Artifacts go to an in-memory store (`memory://KEY` URLs) unless one is given; keys
+are those the engine would use for the same execution id. It is the
 yardstick the engine is compared with in differential tests, and the shim that lets
 tests/spec programs run before (and beside) the durable engine.
 """
@@ -17,8 +19,15 @@ from typing import Any
 
 from jarvis.compiler import Compilation, CompileError
 from jarvis.compiler.validate import book_imports
+from jarvis.runtime.artifacts import (
+    ArtifactStore,
+    ExecutionArtifacts,
+    MemoryArtifactStore,
+    StoredArtifact,
+)
 from jarvis.runtime.books import Book, BookRegistry
 from jarvis.runtime.builtins import books_importer, make_builtins, set_inputs
+from jarvis.runtime.errors import LimitExceeded
 
 
 @dataclass(frozen=True)
@@ -44,27 +53,46 @@ class ReferenceEffects:
     book_calls: list[BookCallRecord] = field(default_factory=list)
     checkpoints: int = 0
     slept: float = 0.0
+    artifact_store: ArtifactStore = field(default_factory=MemoryArtifactStore)
+    max_artifact_bytes: int = 16 << 20
+    artifacts: list[StoredArtifact] = field(default_factory=list)
+    effects: int = 0  # effects so far, numbered as the engine's journal numbers them
 
     def __post_init__(self) -> None:
         self._seq = itertools.count(1)
 
     def book_call(self, book: str, procedure: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
+        self.effects += 1
         key = f"{self.execution_id}:{next(self._seq)}"
         self.book_calls.append(BookCallRecord(book, procedure, args, kwargs, key))
         target: Book = self.registry.get(book)
         return target.call(procedure, args, kwargs, key)
 
     def now(self) -> float:
+        self.effects += 1
         return time.time() + (0.0 if self.real_sleep else self.slept)
 
     def sleep(self, seconds: float) -> None:
+        self.effects += 1
         if self.real_sleep:
             time.sleep(seconds)
         else:
             self.slept += seconds
 
     def checkpoint(self) -> None:
+        self.effects += 1
         self.checkpoints += 1
+
+    def artifact(self, name: str, content: bytes, content_type: str) -> str:
+        if len(content) > self.max_artifact_bytes:
+            raise LimitExceeded("artifact_bytes", f"artifact {name!r} has {len(content)} "
+                                f"bytes; the limit is {self.max_artifact_bytes}")
+        self.effects += 1
+        uploads = ExecutionArtifacts(self.artifact_store, self.execution_id,
+                                     self.max_artifact_bytes)
+        stored = uploads.upload(self.effects, name, content, content_type)
+        self.artifacts.append(stored)
+        return stored.url
 
     def output(self, name: str, value: Any) -> None:
         self.outputs[name] = value
@@ -81,6 +109,7 @@ class ReferenceResult:
     prints: list[str]
     book_calls: list[BookCallRecord]
     error: BaseException | None
+    artifacts: list[StoredArtifact] = field(default_factory=list)
 
     @property
     def printed(self) -> str:
@@ -121,6 +150,7 @@ def run_reference(
     error: BaseException | None = None
     try:
         exec(code, namespace)
-    except Exception as exc:
+    except (Exception, LimitExceeded) as exc:
         error = exc
-    return ReferenceResult(effects.outputs, effects.prints, effects.book_calls, error)
+    return ReferenceResult(effects.outputs, effects.prints, effects.book_calls, error,
+                           effects.artifacts)

@@ -195,7 +195,11 @@ class SnapshotStore:
 
     `keys[0]` signs, every key verifies. `guard`, when given, is called before every
     change to the directory (it raises to refuse a stale worker's write). `max_bytes`
-    bounds a payload on write, and the files the loader is willing to read.
+    bounds a payload on write, and the files the loader is willing to read. `fsync`
+    (on by default) makes each snapshot durable before `write` returns; an execution
+    whose journal is not fsynced (`journal_fsync = false`) turns it off too, since its
+    snapshots can then outlive the journal records they cover anyway (a resume checks
+    that, and replays the journal from its start instead).
     """
 
     def __init__(
@@ -206,6 +210,7 @@ class SnapshotStore:
         *,
         guard: Callable[[], None] | None = None,
         max_bytes: int | None = None,
+        fsync: bool = True,
     ) -> None:
         if keep < 1:
             raise ValueError(f"keep must be at least 1, got {keep}")
@@ -215,6 +220,7 @@ class SnapshotStore:
         self._keys_by_id = {key_id(key): key for key in reversed(self._keys)}
         self._guard = guard
         self._max_bytes = max_bytes
+        self._fsync = fsync
 
     def sequences(self) -> list[int]:
         """The sequence numbers of the snapshot files present, oldest first."""
@@ -234,7 +240,8 @@ class SnapshotStore:
     def write(self, payload: bytes, header: SnapshotHeader) -> Path:
         """Store a new snapshot durably, then delete all but the newest `keep`; its path.
 
-        Once this returns, the snapshot survives a crash. A crash before that leaves the
+        Once this returns, the snapshot survives a crash (with `fsync`; without, it
+        survives the process). A crash before that leaves the
         previous snapshots as they were (and perhaps a temporary file the next write
         deletes).
         """
@@ -245,12 +252,11 @@ class SnapshotStore:
             )
         self._check_guard()
         self.directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-        self._remove_temp_files()
-        existing = self.sequences()
+        existing = self._scan_for_write()
         sequence = existing[-1] + 1 if existing else 1
         path = self.path_of(sequence)
         data = self._encode(payload, header, sequence)
-        write_file_atomically(path, data, fsync=True, before_publish=self._check_guard)
+        write_file_atomically(path, data, fsync=self._fsync, before_publish=self._check_guard)
         self._prune([*existing, sequence])
         return path
 
@@ -271,7 +277,7 @@ class SnapshotStore:
                 payload,
             )
         )
-        return body + hmac.new(signing_key, body, sha256).digest()
+        return body + hmac.digest(signing_key, body, "sha256")
 
     def _prune(self, sequences: list[int]) -> None:
         doomed = sequences[: -self.keep]
@@ -280,12 +286,21 @@ class SnapshotStore:
         self._check_guard()
         for sequence in doomed:
             self.path_of(sequence).unlink(missing_ok=True)
-        fsync_directory(self.directory)
+        if self._fsync:
+            fsync_directory(self.directory)
 
-    def _remove_temp_files(self) -> None:
+    def _scan_for_write(self) -> list[int]:
+        """The sequences present, oldest first, with the temporary files a crash
+        mid-write left behind removed (one listing of the directory for both)."""
+        sequences: list[int] = []
         for name in os.listdir(self.directory):
-            if _TEMP_NAME.fullmatch(name):
+            match = _NAME.fullmatch(name)
+            if match:
+                sequences.append(int(match.group(1)))
+            elif _TEMP_NAME.fullmatch(name):
                 (self.directory / name).unlink(missing_ok=True)
+        sequences.sort()
+        return sequences
 
     def _check_guard(self) -> None:
         if self._guard is not None:

@@ -227,6 +227,11 @@ class ExecutionDir:
         self.root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         write_file_atomically(self.trace_seq, f"{seq}\n".encode("ascii"), fsync=fsync)
 
+    def open_trace_seq(self) -> TraceSeqFile:
+        """`trace.seq` held open for a run that records many seqs (see `TraceSeqFile`)."""
+        self.root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        return TraceSeqFile(self.trace_seq)
+
     def read_status(self) -> dict[str, Any] | None:
         """The last recorded status object, or None when none was recorded."""
         try:
@@ -244,7 +249,49 @@ class ExecutionDir:
         return status
 
     def write_status(self, status: Mapping[str, Any], *, fsync: bool = True) -> None:
-        """Record `status` (JSON-serialisable) as the execution's status (atomically)."""
-        data = json.dumps(dict(status), sort_keys=True, allow_nan=False).encode("utf-8")
+        """Record `status` (JSON-serialisable) as the execution's status (atomically).
+
+        Key order is kept: the inputs a resume reads back from here must iterate in the
+        order the execution started with, and outputs in the order they were recorded."""
+        data = json.dumps(dict(status), allow_nan=False).encode("utf-8")
         self.root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         write_file_atomically(self.status, data + b"\n", fsync=fsync)
+
+
+TRACE_SEQ_DIGITS = 20
+"""`TraceSeqFile` writes a seq zero-padded to this width (a seq is below 2**63)."""
+
+
+class TraceSeqFile:
+    """`trace.seq`, open for a run: each `write` overwrites the seq in place.
+
+    A run records the last delivered seq after every batch of trace events. Replacing
+    the file each time (a temporary file and a rename, `write_trace_seq`) costs a few
+    system calls and a directory entry per batch; here a batch costs one `pwrite` of a
+    fixed-width line at offset 0, so the file always holds one whole seq (a process
+    that dies mid-run leaves the last one written). Like `write_trace_seq(fsync=False)`
+    it is a hint that bounds how many events a resume delivers again, not a durable
+    record: delivery is at least once. `read_trace_seq` reads both forms.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        self._sized = False
+
+    def write(self, seq: int) -> None:
+        if seq < 0:
+            raise ValueError(f"a trace seq is never negative, got {seq}")
+        if self._fd is None:
+            raise StateError(f"{self.path}: closed")
+        data = b"%0*d\n" % (TRACE_SEQ_DIGITS, seq)
+        os.pwrite(self._fd, data, 0)
+        if not self._sized:
+            # A file written by `write_trace_seq` may be longer than one line here.
+            os.ftruncate(self._fd, len(data))
+            self._sized = True
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

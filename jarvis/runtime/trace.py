@@ -23,12 +23,24 @@ The hooks are the hottest code of a traced run, so the work is split by what can
   that builds each event object only when a sink reads it.
 
 `steps` counts hook calls (statements and expressions); `max_steps` makes the hook
-that takes the count past the limit raise `LimitExceeded("steps", ...)`.
+that takes the count past the limit raise `LimitExceeded("steps", ...)`. `max_events`
+bounds the trace itself (`seq`, engine events included): the first flush or engine
+event that finds more events than that delivers the first `max_events`, drops the rest
+and raises `LimitExceeded("trace_events", ...)`; only the event that reports how the
+run ended (`limit`, `exception`) comes after them. Both limits cost the hooks nothing:
+they lower the buffer's capacity, so the hook that passes a limit is the one that
+spills.
+
+The hooks are written twice, with the same behaviour and the same buffer layout: in C
+(`jarvis.runtime._hooks`, built by `pip install`; no Python frame per call) and in
+Python (`Tracer._hooks`), used where the extension was not built or when the
+environment variable JARVIS_TRACE_HOOKS is "python".
 """
 
 from __future__ import annotations
 
 import math
+import os
 import types
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -40,6 +52,7 @@ from jarvis.runtime.errors import LimitExceeded
 
 if TYPE_CHECKING:
     from jarvis.compiler.trace import Site
+    from jarvis.runtime._hooks import Hooks as NativeHooks
 
 EVENT_KINDS: Final = frozenset({
     "expr", "stmt", "print", "book_start", "book_end", "exception", "checkpoint",
@@ -353,6 +366,11 @@ class Renderer:
                 return _join([*map(repr, head)], size, opening, closing, room)
             except ValueError:  # an int too long for decimal conversion
                 pass
+        if opening == "[" and len(head) == size and self._nested_flat(head, room, depth):
+            # Small flat lists and dicts inside: `repr` writes what `_items` would.
+            text = repr(value)
+            if len(text) <= room:
+                return text
         return self._items(head, size, opening, closing, room, depth)
 
     def _mapping(
@@ -388,6 +406,13 @@ class Renderer:
                 return _join(texts, size, opening, closing, room)
             except ValueError:  # an int too long for decimal conversion
                 pass
+        if (opening == "{" and size <= limit and self._nested_flat(keys, room, depth)
+                and self._nested_flat(values, room, depth)):
+            # A Book call's `{'args': [...], 'kwargs': {...}}`, a record: `repr`
+            # writes what `_items` would.
+            text = repr(value)
+            if len(text) <= room:
+                return text
         pairs = zip(keys, values, strict=True)
         return self._items(pairs, size, opening, closing, room, depth, pairs=True)
 
@@ -417,6 +442,32 @@ class Renderer:
         if len(args) == 1:
             return f"{name}({self.text(args[0], room - len(name) - 2, depth + 1)})"
         return self._sequence(args, len(args), name + "(", ")", room, depth)
+
+    def _nested_flat(self, items: Iterable[Any], room: int, depth: int) -> bool:
+        """Whether each of `items` (of a container at `depth`) is a scalar `text`
+        writes as its `repr` (a string of at most `room` characters), or a list or
+        dict of at most `_nested_items` such scalars. If so, and the container's
+        `repr` fits `room`, that `repr` is exactly what rendering item by item gives
+        (each item then fits its own room), so the caller may write it in one go; and
+        writing it is bounded work."""
+        if depth + 1 >= self.max_depth:
+            return False
+        limit = self._nested_items
+        for item in items:
+            kind = type(item)
+            if kind is list:
+                if len(item) > limit:
+                    return False
+                members: Iterable[Any] = item
+            elif kind is dict:
+                if len(item) > limit or not _plain_scalars(item, room):
+                    return False
+                members = item.values()
+            else:
+                members = (item,)
+            if not _plain_scalars(members, room):
+                return False
+        return True
 
     def _items(
         self, items: Iterable[Any], size: int, opening: str, closing: str, room: int,
@@ -468,7 +519,7 @@ class Renderer:
         pairs = [*map(values.__getitem__, indexes)]
         deque(map(values.__setitem__, indexes, repeat(None)), 0)
         try:
-            texts = [*map(repr, values)]
+            texts = _reprs(values)
         except ValueError:  # an int too long for decimal conversion
             texts = [*map(self._scalar, values)]
         deque(map(texts.__setitem__, indexes, map(_first, pairs)), 0)
@@ -484,6 +535,22 @@ class Renderer:
         if len(text) <= self.max_chars:
             return text
         return self.render(value)[0]
+
+
+def _plain_scalars(items: Iterable[Any], room: int) -> bool:
+    """Whether every one of `items` is a scalar whose rendering is its `repr`, strings
+    of at most `room` characters."""
+    for item in items:
+        kind = type(item)
+        if kind is int:
+            if not -_BIG_INT < item < _BIG_INT:
+                return False
+        elif kind is str:
+            if len(item) > room:
+                return False
+        elif kind not in _NUMBERS:
+            return False
+    return True
 
 
 def _short(items: Iterable[Any], kinds: set[type], limit: int) -> bool:
@@ -661,6 +728,31 @@ class EventSink(Protocol):
 
 _NO_VALUE: Final[Any] = object()
 
+_CLOSING_KINDS: Final = frozenset({"limit", "exception"})
+"""Engine events that report how a run ended: recorded even past `max_events`."""
+
+
+def _extension() -> types.ModuleType | None:
+    """The C hooks, unless they were not built or JARVIS_TRACE_HOOKS=python."""
+    if os.environ.get("JARVIS_TRACE_HOOKS", "").strip().lower() == "python":
+        return None
+    try:
+        from jarvis.runtime import _hooks
+    except ImportError:
+        return None
+    return _hooks
+
+
+def _python_reprs(values: list[Any]) -> list[str]:
+    return [*map(repr, values)]
+
+
+_EXTENSION: Final = _extension()
+_native: type[NativeHooks] | None = getattr(_EXTENSION, "Hooks", None)
+"""The class of the C hooks `Tracer` uses, or None for the Python ones."""
+_reprs: Callable[[list[Any]], list[str]] = getattr(_EXTENSION, "reprs", _python_reprs)
+"""`[*map(repr, values)]`, in C when the hooks are (quicker for None and ints)."""
+
 
 class Tracer:
     """The recorder of one execution's trace: the hooks, the numbering, the batches.
@@ -681,6 +773,7 @@ class Tracer:
         start_seq: int = 0,
         start_steps: int = 0,
         max_steps: int | None = None,
+        max_events: int | None = None,
         max_value_chars: int = DEFAULT_MAX_VALUE_CHARS,
         batch_size: int = DEFAULT_BATCH_SIZE,
     ) -> None:
@@ -689,6 +782,9 @@ class Tracer:
         self.execution_id = execution_id
         self.sink = sink
         self.max_steps = max_steps
+        self.max_events = max_events
+        self._ceiling = max_events
+        """The highest seq allowed: `max_events`, plus the closing events past it."""
         self.batch_size = batch_size
         self.renderer = Renderer(max_value_chars)
         self._table: list[SiteRow] = [
@@ -732,6 +828,12 @@ class Tracer:
 
         spill = self._spill
         capacity = 2 * self.batch_size
+
+        if _native is not None:  # the same hooks in C (jarvis/runtime/_hooks.c)
+            native = _native(buffer, marks, renderer.capture, summarized, summaries, spill,
+                             capacity, longest)
+            return (native.expr, native.expr_checked, native.stmt, native.first,
+                    native.set_capacity)
 
         # The hooks run once per traced expression and statement: every name is a
         # local or a closure cell, `buffer.append` is specialised by the interpreter,
@@ -798,6 +900,7 @@ class Tracer:
         self._extra.clear()
         self._seq = seq
         self._steps = steps
+        self._ceiling = self.max_events
         self._update_capacity()
 
     def hooks(self) -> dict[str, Callable[..., Any]]:
@@ -855,6 +958,12 @@ class Tracer:
             rendered, type_name = self.renderer.render(value)
         if duration_ms is not None and not math.isfinite(duration_ms):
             duration_ms = None
+        if self._ceiling is not None and self.seq >= self._ceiling:
+            if kind not in _CLOSING_KINDS:
+                self._cut_at_limit()
+            # How the run ended is reported past the limit, right after its last event.
+            self._drop_beyond(self._ceiling)
+            self._ceiling += 1
         event = TraceEvent(
             self.execution_id, self.seq + 1, kind, line, col, end_line or line,
             end_col or col, expr, rendered, type_name, duration_ms,
@@ -869,7 +978,15 @@ class Tracer:
     # -- batches ------------------------------------------------------------------
 
     def flush(self) -> None:
-        """Render the pending events and deliver them to the sink as one batch."""
+        """Render the pending events and deliver them to the sink as one batch.
+
+        Raises `LimitExceeded("trace_events")` (after delivering the events up to the
+        limit) if there are more events than `max_events`."""
+        if self._ceiling is not None and self.seq > self._ceiling:
+            self._cut_at_limit()
+        self._deliver()
+
+    def _deliver(self) -> None:
         buffer = self._buffer
         if buffer:
             sites: list[int] = buffer[0::2]
@@ -892,7 +1009,27 @@ class Tracer:
         if self.max_steps is not None:
             left = self.max_steps - self.steps
             entries = min(entries, 2 * max(left + 1, 1))
+        if self._ceiling is not None:
+            entries = min(entries, 2 * max(self._ceiling - self.seq + 1, 1))
         self._set_capacity(entries)
+
+    def _drop_beyond(self, seq: int) -> None:
+        """Forget the pending events numbered after `seq`."""
+        keep = 2 * max(seq - self._seq, 0)
+        buffer = self._buffer
+        if len(buffer) > keep:
+            del buffer[keep:]  # in place: the hooks hold the list
+            self._marks[:] = [mark for mark in self._marks if mark < keep]
+            del self._extra[sum(1 for k in buffer[0::2] if k < 0):]
+
+    def _cut_at_limit(self) -> None:
+        """Deliver the events up to `max_events`, drop the rest, raise."""
+        assert self._ceiling is not None
+        self._drop_beyond(self._ceiling)
+        self._deliver()
+        raise LimitExceeded(
+            "trace_events", f"the execution emitted more than {self.max_events:,} trace events"
+        )
 
     def _spill(self) -> None:
         """Called by a hook when the buffer is full or the step limit is reached."""

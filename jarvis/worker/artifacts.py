@@ -1,60 +1,23 @@
 """Artifacts: large values, files a program stores, and programs referenced by key.
 
-Two stores behind one interface: `S3ArtifactStore` (boto3; any S3-compatible endpoint,
-a bucket, a key prefix, optional server-side encryption, presigned GET URLs with a
-TTL) and `LocalArtifactStore` (a directory, `file://` URLs) for the embedded default.
-Keys are derived from the execution and the effect that wrote them, so a replayed
-upload writes the same object again rather than a second one.
+Two stores behind one interface (`jarvis.runtime.artifacts.ArtifactStore`):
+`S3ArtifactStore` here (boto3; any S3-compatible endpoint, a bucket, a key prefix,
+optional server-side encryption, presigned GET URLs with a TTL) and
+`LocalArtifactStore` (a directory, `file://` URLs; jarvis/runtime/artifacts.py) for the
+embedded default. Keys are derived from the execution and the effect that wrote them,
+so a replayed upload writes the same object again rather than a second one.
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
+from jarvis.runtime.artifacts import ArtifactStore, LocalArtifactStore, artifact_key
 from jarvis.settings import EngineSettings, WorkerSettings
 
-_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-class ArtifactStore(Protocol):
-    def put(self, key: str, content: bytes, content_type: str) -> str: ...
-
-    def get(self, key: str) -> bytes: ...
-
-    def url(self, key: str) -> str: ...
-
-
-def artifact_key(execution_id: str, index: int, name: str) -> str:
-    """A deterministic key for the `index`-th effect's artifact `name`."""
-    cleaned = _SAFE_NAME.sub("_", name).strip("._") or "artifact"
-    return f"executions/{execution_id}/{index:06d}-{cleaned[:100]}"
-
-
-class LocalArtifactStore:
-    """Artifacts as files under a directory (the embedded default)."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-
-    def _path(self, key: str) -> Path:
-        path = (self.root / key).resolve()
-        if not path.is_relative_to(self.root.resolve()):
-            raise ValueError(f"artifact key {key!r} leaves the artifact directory")
-        return path
-
-    def put(self, key: str, content: bytes, content_type: str) -> str:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(content)
-        return key
-
-    def get(self, key: str) -> bytes:
-        return self._path(key).read_bytes()
-
-    def url(self, key: str) -> str:
-        return self._path(key).as_uri()
+__all__ = ["ArtifactStore", "LocalArtifactStore", "S3ArtifactStore", "artifact_key",
+           "artifact_store"]
 
 
 class S3ArtifactStore:
@@ -71,8 +34,12 @@ class S3ArtifactStore:
         self.presign_seconds = s3.presign_seconds
         if client is None:
             import boto3
+            from botocore.config import Config
 
-            client = boto3.client("s3", endpoint_url=s3.endpoint_url, region_name=s3.region)
+            # Signature V4 also for presigned URLs (boto3 may presign with V2, which
+            # AWS no longer accepts in newer regions).
+            client = boto3.client("s3", endpoint_url=s3.endpoint_url, region_name=s3.region,
+                                  config=Config(signature_version="s3v4"))
         self.client = client
 
     def _key(self, key: str) -> str:

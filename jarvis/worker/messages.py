@@ -304,6 +304,15 @@ class LimitOverrides(_Message):
     max_snapshot_bytes: int | None = Field(
         default=None, ge=1, description=_limit_doc("max_snapshot_bytes")
     )
+    max_artifact_bytes: int | None = Field(
+        default=None, ge=0, le=128 << 20, description=_limit_doc("max_artifact_bytes")
+    )
+    max_memory_bytes: int | None = Field(
+        default=None, ge=128 << 20, description=_limit_doc("max_memory_bytes")
+    )
+    max_cpu_seconds: float | None = Field(
+        default=None, gt=0, description=_limit_doc("max_cpu_seconds")
+    )
 
 
 class StartCommand(_Message):

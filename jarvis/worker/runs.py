@@ -23,12 +23,14 @@ from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
 from jarvis.compiler import Compilation
+from jarvis.runtime.artifacts import offload_outputs
 from jarvis.runtime.books import Book, BookRegistry
 from jarvis.runtime.execution import Execution, error_record
 from jarvis.runtime.isolation import ChildPool
 from jarvis.runtime.machine import Outcome
 from jarvis.runtime.statedir import ExecutionDir
 from jarvis.settings import WorkerSettings
+from jarvis.worker.artifacts import artifact_store
 from jarvis.worker.endings import TERMINAL, Endings
 from jarvis.worker.leases import Fence, FencedOff, Lease, Leases, read_fence
 from jarvis.worker.logs import KafkaLogSink
@@ -152,11 +154,14 @@ class Runner:
         load_program: Callable[[Any], tuple[bytes, str]],
         finished: Callable[[Run], None],
         metrics: WorkerMetrics | None = None,
+        logs_producer: Any = None,
     ) -> None:
         self.settings = settings
         self.worker_id = worker_id
         self.redis = redis
         self.producer = producer
+        # Trace events may have a producer of their own, set for throughput.
+        self.logs_producer = logs_producer if logs_producer is not None else producer
         self.books = books
         self.pool = pool
         self.publish = publish
@@ -166,6 +171,8 @@ class Runner:
         self.leases = Leases(redis, worker_id, settings.redis.lease_seconds)
         self.endings = Endings(redis, settings.state_dir)
         self.stops = StopRequests(redis)
+        # Where programs' artifacts and large outputs go: S3, or the state directory.
+        self.artifacts = artifact_store(settings)
 
     def start(self, run: Run) -> None:
         run.thread = threading.Thread(target=self._thread, args=(run,),
@@ -262,7 +269,7 @@ class Runner:
         program = compilation.program(command.trace or self.settings.trace_level)
         resumed = directory.journal.exists()
         self.publish(execution_id, "resumed" if resumed else "started", attempt=lease.token)
-        sink = KafkaLogSink(self.producer, self.settings.kafka.logs_topic, execution_id,
+        sink = KafkaLogSink(self.logs_producer, self.settings.kafka.logs_topic, execution_id,
                             last_delivered=directory.read_trace_seq() or 0,
                             guard=fence.guard, on_events=self.metrics.count_trace_events)
         limits = effective_limits(self.settings.limits, command.limits)
@@ -275,7 +282,7 @@ class Runner:
             books=_FencedBooks(self.books, fence.guard),
             settings=self.settings.model_copy(update={"limits": limits}), sink=sink,
             stop_requested=run.stop_event.is_set, guard=fence.guard,
-            isolation=self.pool, on_snapshot=checkpointed,
+            isolation=self.pool, on_snapshot=checkpointed, artifacts=self.artifacts,
         )
         outcome = execution.run()
         sink.flush()
@@ -296,13 +303,25 @@ class Runner:
             self._remember(run, "cancelled")
             return "cancelled"
         error = error_record(outcome) if outcome.error is not None else None
-        self.publish(execution_id, outcome.status, attempt=token, result=outcome.outputs,
+        self.publish(execution_id, outcome.status, attempt=token,
+                     result=self._result(execution_id, outcome.outputs),
                      error=error, counters=outcome.counters)
         if outcome.status in TERMINAL:
             self._remember(run, outcome.status)
         elif outcome.status == "suspended" and stop_mode == "suspend" and not run.handover:
             self._quietly(lambda: self.stops.clear(execution_id))
         return outcome.status
+
+    def _result(self, execution_id: str, outputs: dict[str, Any]) -> dict[str, Any]:
+        """The outputs as a status event carries them: those larger than
+        `JARVIS_S3__INLINE_BYTES` replaced by references to copies in the store."""
+        try:
+            return offload_outputs(outputs, self.artifacts, execution_id,
+                                   self.settings.s3.inline_bytes)
+        except Exception:
+            log.warning("execution %s: large outputs could not be stored; sending them "
+                        "inline", execution_id, exc_info=True)
+            return outputs
 
     # -- Redis ----------------------------------------------------------------------
 

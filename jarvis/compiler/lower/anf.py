@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import TypeGuard
 
 from jarvis.compiler.lower.blocks import (
+    ARTIFACT,
     BOOK,
     CHECKPOINT,
     RETURN,
@@ -34,6 +35,7 @@ from jarvis.compiler.lower.blocks import (
     const,
     name,
 )
+from jarvis.compiler.trees import FastTransformer, child_nodes, walk
 
 # Completion records of a `finally`: None (fell through), or one of these tuples.
 RAISING = 1  # (RAISING, exception)
@@ -123,7 +125,7 @@ class FunctionLowering:
             return cached
         found = key in self.context.sites
         if not found:
-            for child in ast.iter_child_nodes(node):
+            for child in child_nodes(node):
                 if isinstance(child, (ast.FunctionDef, ast.Lambda)):
                     found = any(self.has(d) for d in [*child.args.defaults,
                                                        *child.args.kw_defaults])
@@ -680,7 +682,7 @@ class FunctionLowering:
         if kind == BOOK:
             assert isinstance(node.func, ast.Attribute) and isinstance(node.func.value, ast.Name)
             target = const((self.context.book_names[node.func.value.id], node.func.attr))
-        elif kind in (SLEEP, CHECKPOINT):
+        elif kind in (SLEEP, CHECKPOINT, ARTIFACT):
             target = const(None)
         else:
             assert callee is not None
@@ -881,7 +883,7 @@ def _escapes(node: ast.AST, in_loop: bool) -> bool:
     if isinstance(node, (ast.For, ast.While)):
         # Jumps in a loop's body are its own; those in its `else` clause are not.
         return any(_escapes(statement, in_loop) for statement in node.orelse)
-    return any(_escapes(child, in_loop) for child in ast.iter_child_nodes(node))
+    return any(_escapes(child, in_loop) for child in child_nodes(node))
 
 
 def _escapes_statement(statement: ast.stmt) -> bool:
@@ -891,10 +893,10 @@ def _escapes_statement(statement: ast.stmt) -> bool:
 
 
 def _returns(node: ast.AST) -> bool:
-    return any(isinstance(child, ast.Return) for child in ast.walk(node))
+    return any(isinstance(child, ast.Return) for child in walk(node))
 
 
-class _BareRaises(ast.NodeTransformer):
+class _BareRaises(FastTransformer):
     """Bare `raise` statements of native code in a lowered handler or finally body."""
 
     def __init__(self, reraise: Callable[[], list[ast.stmt]]) -> None:
@@ -926,7 +928,7 @@ class _BareRaises(ast.NodeTransformer):
         return [ast.copy_location(statement, node) for statement in self.reraise()]
 
 
-class _NativeReturns(ast.NodeTransformer):
+class _NativeReturns(FastTransformer):
     """`return v` in native code of a step function: `return (RETURN, v)`."""
 
     def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.AST:
@@ -944,7 +946,7 @@ class _NativeReturns(ast.NodeTransformer):
 def _native_returns(statement: ast.stmt) -> ast.stmt:
     if isinstance(statement, ast.FunctionDef):
         return statement
-    if not any(isinstance(n, ast.Return) for n in ast.walk(statement)):
+    if not any(isinstance(n, ast.Return) for n in walk(statement)):
         return statement
     result = _NativeReturns().visit(statement)
     assert isinstance(result, ast.stmt)

@@ -36,6 +36,7 @@ BOOK = 1
 CALL = 2
 SLEEP = 3
 CHECKPOINT = 4
+ARTIFACT = 5
 
 # Names the step function uses for itself; never saved in a frame.
 STEP_INTERNALS = frozenset({

@@ -16,6 +16,7 @@ import itertools
 from dataclasses import dataclass, field
 
 from jarvis.compiler.lower.suspension import SuspensionInfo
+from jarvis.compiler.trees import child_nodes, fix_missing_locations
 
 _COMPREHENSION_TYPES = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
 
@@ -60,7 +61,7 @@ class _Hoister:
         while stack:
             current = stack.pop()
             out.append(current)
-            for child in ast.iter_child_nodes(current):
+            for child in child_nodes(current):
                 if not isinstance(child, ast.FunctionDef):
                     stack.append(child)
         return out
@@ -70,7 +71,7 @@ class _Hoister:
         found: list[ast.AST] = []
 
         def visit(node: ast.AST, in_native_comprehension: bool) -> None:
-            for child in ast.iter_child_nodes(node):
+            for child in child_nodes(node):
                 if isinstance(child, (ast.FunctionDef, ast.stmt)):
                     continue  # nested statements are processed with their own body
                 if self.needs_hoist(child):
@@ -166,7 +167,7 @@ class _Hoister:
             )
         ast.copy_location(definition, statement)
         ast.copy_location(replacement, node)
-        ast.fix_missing_locations(definition)
+        fix_missing_locations(definition)
         _replace(statement, node, replacement)
         return definition
 

@@ -4,7 +4,8 @@ Steps, in order:
 
 1. Book imports become lookups in the runtime's Book table.
 2. Scopes and suspension points are analysed; suspending lambdas and comprehensions are
-   hoisted into `def`s, until nothing is left to hoist.
+   hoisted into `def`s, until nothing is left to hoist. Generator expressions whose
+   generator may outlive their statement get a picklable form (genexp.py).
 3. Variables that a frame must share with a closure across a suspension are boxed in
    explicit `Cell`s (`x` becomes `_jv_b_x.value`).
 4. Every function that may suspend gets a number; its `def` becomes a call to
@@ -16,13 +17,13 @@ Steps, in order:
 from __future__ import annotations
 
 import ast
-import copy
 import itertools
 from dataclasses import dataclass, field
 
 from jarvis.compiler.language import BOOKS_MODULE
 from jarvis.compiler.lower.anf import FunctionContext, FunctionLowering, SuspensionSite
 from jarvis.compiler.lower.blocks import (
+    ARTIFACT,
     BOOK,
     CALL,
     CHECKPOINT,
@@ -33,9 +34,17 @@ from jarvis.compiler.lower.blocks import (
     const,
     name,
 )
+from jarvis.compiler.lower.genexp import has_generator_expressions, lazy_generators
 from jarvis.compiler.lower.hoist import hoist
 from jarvis.compiler.lower.scopes import Scope, ScopeTable, analyse_scopes
 from jarvis.compiler.lower.suspension import SuspensionInfo, analyse_suspension
+from jarvis.compiler.trees import (
+    FastTransformer,
+    child_nodes,
+    copy_tree,
+    fix_missing_locations,
+    walk,
+)
 from jarvis.compiler.validate import book_imports
 
 
@@ -59,7 +68,7 @@ class LoweredProgram:
     problems: list[tuple[str, str, ast.AST]] = field(default_factory=list)
 
 
-class _BookImports(ast.NodeTransformer):
+class _BookImports(FastTransformer):
     def visit_ImportFrom(self, node: ast.ImportFrom) -> ast.AST | list[ast.stmt]:
         if node.module != BOOKS_MODULE:
             return node
@@ -113,10 +122,10 @@ class _Boxes:
         return self._names[node_id]
 
     def index_names(self, tree: ast.Module) -> None:
-        self._names = {id(n): n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+        self._names = {id(n): n.id for n in walk(tree) if isinstance(n, ast.Name)}
 
 
-class _BoxRewriter(ast.NodeTransformer):
+class _BoxRewriter(FastTransformer):
     def __init__(self, scopes: ScopeTable, boxed: set[tuple[int, str]]) -> None:
         self.scopes = scopes
         self.boxed = boxed
@@ -188,13 +197,16 @@ class _Program:
         return scopes, analyse_suspension(self.tree, scopes)
 
 
-def lower_program(tree: ast.Module) -> LoweredProgram:
-    """Lower a validated module (not modified) into a resumable program module."""
-    tree = copy.deepcopy(tree)
+def lower_program(tree: ast.Module, *, copy: bool = True) -> LoweredProgram:
+    """Lower a validated module into a resumable program module. The module is not
+    modified, unless `copy=False` hands over a tree the caller will not use again."""
+    if copy:
+        tree = copy_tree(tree)
     books = book_imports(tree)
     counter = itertools.count(1)
     problems: list[tuple[str, str, ast.AST]] = []
     display: dict[str, str] = {}
+    analysed = False  # whether `scopes` and `info` describe the tree as it is
     for _ in range(10):
         scopes = analyse_scopes(tree)
         info = analyse_suspension(tree, scopes)
@@ -202,13 +214,20 @@ def lower_program(tree: ast.Module) -> LoweredProgram:
         problems.extend(result.problems)
         display.update(result.display_names)
         if not result.changed:
+            analysed = True  # nothing was hoisted: the analysis still holds
             break
     if problems:
         # What cannot be hoisted cannot be lowered; report it and stop here.
         empty = ast.Module(body=[], type_ignores=[])
         return LoweredProgram(empty, {}, [], problems)
-    scopes = analyse_scopes(tree)
-    info = analyse_suspension(tree, scopes)
+    if has_generator_expressions(tree):
+        # Generator expressions that may outlive their statement become picklable.
+        scopes = analyse_scopes(tree)
+        lazy_generators(tree, scopes, analyse_suspension(tree, scopes), set(books))
+        analysed = False
+    if not analysed:
+        scopes = analyse_scopes(tree)
+        info = analyse_suspension(tree, scopes)
     for call_node, argument in info.callback_misuse:
         callee = call_node.func.id if isinstance(call_node.func, ast.Name) else "a builtin"
         problems.append((
@@ -231,7 +250,7 @@ def lower_program(tree: ast.Module) -> LoweredProgram:
     }
     tree = _BoxRewriter(scopes, boxes.boxed).visit(tree)
     tree = _BookImports().visit(tree)
-    ast.fix_missing_locations(tree)
+    fix_missing_locations(tree)
 
     jobs: list[_DefJob] = []
     functions: dict[int, FunctionInfo] = {}
@@ -251,7 +270,7 @@ def lower_program(tree: ast.Module) -> LoweredProgram:
     def scope_boxes(scope: Scope) -> list[str]:
         return sorted(v for (sid, v) in boxes.boxed if sid == id(scope.node))
 
-    class _Defs(ast.NodeTransformer):
+    class _Defs(FastTransformer):
         """Resumable defs become `_jv_mkfn(...)`; boxed names get their cells."""
 
         def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.AST | list[ast.stmt]:
@@ -300,7 +319,7 @@ def lower_program(tree: ast.Module) -> LoweredProgram:
             return [statement, *after]
 
     tree = _Defs().visit(tree)
-    ast.fix_missing_locations(tree)
+    fix_missing_locations(tree)
 
     def kind_of(node: ast.Call) -> int:
         func = node.func
@@ -311,6 +330,8 @@ def lower_program(tree: ast.Module) -> LoweredProgram:
             return SLEEP
         if isinstance(func, ast.Name) and func.id == "checkpoint":
             return CHECKPOINT
+        if isinstance(func, ast.Name) and func.id == "artifact":
+            return ARTIFACT
         return CALL
 
     context = FunctionContext(info.sites, books, [], kind_of)
@@ -332,7 +353,7 @@ def lower_program(tree: ast.Module) -> LoweredProgram:
         out.append(_binder(job))
 
     module = ast.Module(body=out, type_ignores=[])
-    ast.fix_missing_locations(module)
+    fix_missing_locations(module)
     functions[0] = FunctionInfo(0, "<module>", "<module>", ())
     return LoweredProgram(module, functions, context.site_table, problems)
 
@@ -389,5 +410,5 @@ def _walk_same_scope(node: ast.AST) -> list[ast.AST]:
             else:
                 stack.append(current.generators[0].iter)
             continue
-        stack.extend(ast.iter_child_nodes(current))
+        stack.extend(child_nodes(current))
     return out

@@ -13,6 +13,8 @@ import ast
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from jarvis.compiler.trees import child_nodes
+
 SCOPE_NODES = (ast.Module, ast.FunctionDef, ast.Lambda, ast.ListComp, ast.SetComp,
                ast.DictComp, ast.GeneratorExp)
 COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
@@ -137,10 +139,10 @@ class _Builder:
         elif isinstance(node, ast.ExceptHandler):
             if node.name is not None:
                 scope.bound.add(node.name)
-            for child in ast.iter_child_nodes(node):
+            for child in child_nodes(node):
                 self.visit(child, scope)
         else:
-            for child in ast.iter_child_nodes(node):
+            for child in child_nodes(node):
                 self.visit(child, scope)
 
     def defaults(self, args: ast.arguments, scope: Scope) -> None:

@@ -1,12 +1,12 @@
 """Which calls suspend, and which functions may suspend.
 
-A suspension point is a Book call, `sleep(...)`, `checkpoint()`, or a call that may
-reach a function that suspends. Callees are classified statically:
+A suspension point is a Book call, `sleep(...)`, `checkpoint()`, `artifact(...)`, or a
+call that may reach a function that suspends. Callees are classified statically:
 
 - `BOOK.proc(...)` is a Book call; `x.method(...)` on any other value is a method of a
   built-in value type and never suspends;
 - a name bound only by `def` statements calls those functions;
-- an unshadowed builtin never suspends (except `sleep` and `checkpoint`);
+- an unshadowed builtin never suspends (except those of `SUSPENDING_BUILTINS`);
 - anything else (a parameter, a variable, a subscript, a call's result) is unknown and
   treated as possibly suspending: the engine then decides at run time.
 
@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from jarvis.compiler.language import BUILTINS, SUSPENDING_BUILTINS
 from jarvis.compiler.lower.scopes import COMPREHENSIONS, Scope, ScopeTable
+from jarvis.compiler.trees import child_nodes
 from jarvis.compiler.validate import book_imports
 
 INTERNAL_PREFIX = "_jv_"
@@ -61,6 +62,7 @@ class _Analysis:
         self.direct: dict[int, bool] = {}
         self.calls: dict[int, set[int]] = {}
         self.call_callees: dict[int, list[int] | None] = {}
+        self._walked: list[tuple[ast.AST, Scope]] | None = None
 
     # -- bindings -------------------------------------------------------------------
 
@@ -70,7 +72,7 @@ class _Analysis:
                 self.defs[(id(scope.node), name)] = []
         # `name = lambda ...` binds a known function just as `def name` does.
         lambda_targets: set[int] = set()
-        for node, scope in self._walk_with_scope(self.tree, self.scopes.module):
+        for node, scope in self._module_nodes():
             function: ast.FunctionDef | ast.Lambda | None = None
             key_name = ""
             if isinstance(node, ast.FunctionDef):
@@ -84,7 +86,7 @@ class _Analysis:
                 current = self.defs.get((id(scope.node), key_name))
                 if current is not None:
                     current.append(function)
-        for node, scope in self._walk_with_scope(self.tree, self.scopes.module):
+        for node, scope in self._module_nodes():
             if id(node) in lambda_targets:
                 continue
             if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
@@ -98,6 +100,12 @@ class _Analysis:
             for param in scope.params:
                 self.defs[(id(scope.node), param)] = None
 
+    def _module_nodes(self) -> list[tuple[ast.AST, Scope]]:
+        """`_walk_with_scope` of the whole module, walked once per analysis."""
+        if self._walked is None:
+            self._walked = self._walk_with_scope(self.tree, self.scopes.module)
+        return self._walked
+
     def _walk_with_scope(self, node: ast.AST, scope: Scope) -> list[tuple[ast.AST, Scope]]:
         """Every node below `node` with the scope its code runs in."""
         out: list[tuple[ast.AST, Scope]] = []
@@ -107,7 +115,7 @@ class _Analysis:
             out.append((current, owner))
             inner = by_node.get(id(current))
             if inner is None or inner is owner:
-                for child in ast.iter_child_nodes(current):
+                for child in child_nodes(current):
                     visit(child, owner)
                 return
             if isinstance(current, (ast.FunctionDef, ast.Lambda)):
@@ -132,7 +140,7 @@ class _Analysis:
             else:
                 visit(current.elt, inner)
 
-        for child in ast.iter_child_nodes(node):
+        for child in child_nodes(node):
             visit(child, scope)
         return out
 
@@ -185,7 +193,7 @@ class _Analysis:
             self.calls.setdefault(id(owner.node), set())
         calls: list[tuple[ast.Call, Scope]] = [
             (node, scope)
-            for node, scope in self._walk_with_scope(self.tree, self.scopes.module)
+            for node, scope in self._module_nodes()
             if isinstance(node, ast.Call)
         ]
         for call, scope in calls:
@@ -241,7 +249,7 @@ class _Analysis:
 
         def visit(node: ast.AST) -> bool:
             found = id(node) in sites
-            for child in ast.iter_child_nodes(node):
+            for child in child_nodes(node):
                 if isinstance(child, (ast.FunctionDef, ast.Lambda)):
                     # Only the parts evaluated here (defaults) count.
                     for default in [*child.args.defaults, *child.args.kw_defaults]:

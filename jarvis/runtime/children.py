@@ -1,0 +1,136 @@
+"""The host's handle on one child process: its channel, log, private directory and end.
+
+A child runs one execution and exits. It is either forked by the zygote (forks.py,
+the fast way a worker uses) or spawned as a fresh interpreter (`ChildProcess`, for a
+single `jarvis run`). Either way the host made its channel (a socket pair), its log
+file (the child's stdout and stderr) and its private, empty working directory, and the
+child starts with `CHILD_ENVIRONMENT` only, stdin on /dev/null, and dies with its
+parent.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from typing import IO
+
+from jarvis.runtime.channel import Channel
+
+CHILD_ENVIRONMENT = {
+    "PATH": os.defpath,
+    "LANG": "C.UTF-8",
+    # Set and string iteration orders must be the same in every process that runs (or
+    # resumes) an execution: a replay depends on it.
+    "PYTHONHASHSEED": "0",
+    "PYTHONDONTWRITEBYTECODE": "1",
+    "PYTHONNOUSERSITE": "1",
+}
+
+
+class ChildDied(Exception):
+    """The child process running an execution exited without reporting an outcome."""
+
+
+class Child:
+    """What the host holds of a child: `channel`, `log`, `workdir`; how it ended."""
+
+    def __init__(self) -> None:
+        host_end, self.child_end = socket.socketpair()
+        self.workdir = tempfile.mkdtemp(prefix="jarvis-child-")
+        self.log: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
+        self.channel = Channel(host_end)
+
+    @property
+    def pid(self) -> int:
+        raise NotImplementedError
+
+    def signal(self, signum: int) -> None:
+        """Send `signum` to the child, unless it has already ended."""
+        raise NotImplementedError
+
+    def poll(self) -> int | None:
+        """The exit code (negative: killed by that signal), or None while it runs."""
+        raise NotImplementedError
+
+    def wait(self, timeout: float) -> int:
+        """The exit code, once the child has ended (TimeoutError after `timeout`)."""
+        raise NotImplementedError
+
+    def log_tail(self, limit: int = 4000) -> str:
+        self.log.seek(0)
+        return self.log.read().decode("utf-8", "replace")[-limit:]
+
+    def cause_of_death(self) -> str:
+        code = self.wait(timeout=30)
+        if code < 0:
+            name = signal.Signals(-code).name
+            hint = " (out of memory?)" if -code == signal.SIGKILL else ""
+            return f"the execution's process was killed by {name}{hint}"
+        tail = self.log_tail().strip().splitlines()
+        last = tail[-1] if tail else "no output"
+        return f"the execution's process exited with status {code}: {last}"
+
+    def close(self) -> None:
+        if self.poll() is None:
+            self.signal(signal.SIGKILL)
+        try:
+            self.wait(timeout=30)
+        finally:
+            self.channel.close()
+            self.log.close()
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+class ChildProcess(Child):
+    """A child spawned as a fresh interpreter: `python -m jarvis.runtime.child FD PID`.
+
+    Slow to start (the interpreter imports the runtime: about 0.3 s of CPU), so a host
+    that starts many executions forks them from a zygote instead (forks.py).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        fd = self.child_end.fileno()
+        # Started with SIGTERM blocked (the mask survives fork and exec): a stop sent
+        # before the child has set its handler waits for it instead of killing it.
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        try:
+            self.process = self._popen(fd)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        self.child_end.close()
+
+    def _popen(self, fd: int) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "jarvis.runtime.child", str(fd), str(os.getpid())],
+            pass_fds=(fd,),
+            stdin=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=self.log,
+            cwd=self.workdir,
+            env=dict(CHILD_ENVIRONMENT),
+            start_new_session=True,  # a terminal's Ctrl-C goes to the host, not here
+            close_fds=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def signal(self, signum: int) -> None:
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signum)
+
+    def poll(self) -> int | None:
+        return self.process.poll()
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            raise TimeoutError(str(exc)) from exc

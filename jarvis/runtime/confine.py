@@ -1,0 +1,292 @@
+"""OS-level confinement of the child process that runs an execution.
+
+The language layers (validator, restriction, runtime surface) keep a program from
+reaching the operating system; this module is the layer under them, for the case where
+they have a hole. A child calls `confine()` once, after it has received its start
+message and before the program's code runs, whether it was spawned or forked:
+
+- Resource limits (`setrlimit`): address space (`RLIMIT_AS`, the execution's memory
+  limit), CPU seconds (`RLIMIT_CPU`: at the limit the kernel ends the process with
+  SIGXCPU, which the host reports as `LimitExceeded('cpu_seconds')`), open files,
+  processes (`RLIMIT_NPROC` counts every task of the user, so it is set to what the
+  user runs now plus a headroom), file size (the child writes no files; the limit
+  bounds its log) and no core files. Hard limits are lowered with the soft ones, so
+  the program cannot raise them again.
+- A seccomp filter (libseccomp through `pyseccomp`) that answers EPERM to starting
+  programs (`execve`), creating processes (`fork`, `vfork`, `clone` without
+  `CLONE_THREAD`; `clone3` answers ENOSYS so that threads fall back to `clone`),
+  opening or creating files, changing the file system, sockets, signals to other
+  processes, tracing, io_uring, and changing resource limits. Threads stay allowed: the
+  stop grace and the time limit run on timer threads.
+
+Where seccomp is not available (no libseccomp, a kernel without it) the child goes on
+with the resource limits only; the host logs that once (`warn_if_unavailable`).
+`grep Seccomp /proc/PID/status` shows `2` for a child whose filter is on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import importlib
+import logging
+import os
+import resource
+import signal
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from jarvis.runtime.errors import LimitExceeded
+
+log = logging.getLogger(__name__)
+
+OPEN_FILES: Final = 64
+"""Descriptors a child may hold (it has four, and opens none after setup)."""
+
+PROCESS_HEADROOM: Final = 128
+"""Tasks the user may start, past those it runs when the child confines itself."""
+
+LOG_BYTES: Final = 1 << 20
+"""The largest file a child may write to: its log (stdout and stderr) is one."""
+
+CPU_HARD_MARGIN: Final = 2
+"""Seconds between the CPU soft limit (SIGXCPU) and the hard one (SIGKILL, should the
+first not end the process)."""
+
+PRELOADED: Final = (
+    "encodings.ascii", "encodings.latin_1", "encodings.utf_8", "encodings.utf_16",
+    "encodings.utf_32", "unicodedata", "json", "json.decoder", "json.encoder", "pickle",
+    "copyreg", "threading", "linecache", "traceback", "_strptime",
+)
+"""Modules the runtime may import lazily while a program runs: imported before the
+filter is installed, since after it no file (a module's included) can be opened."""
+
+_CLONE_THREAD: Final = 0x00010000
+_PR_SET_PDEATHSIG: Final = 1
+
+DENIED: Final = (
+    # starting programs and processes
+    "execve", "execveat", "fork", "vfork",
+    # files: opening, creating, changing the file system
+    "open", "openat", "openat2", "creat", "open_by_handle_at", "name_to_handle_at",
+    "mknod", "mknodat", "mkdir", "mkdirat", "rmdir", "unlink", "unlinkat", "rename",
+    "renameat", "renameat2", "link", "linkat", "symlink", "symlinkat", "truncate",
+    "ftruncate", "chmod", "fchmod", "fchmodat", "chown", "fchown", "lchown", "fchownat",
+    "utime", "utimes", "utimensat", "futimesat", "setxattr", "lsetxattr", "fsetxattr",
+    "removexattr", "lremovexattr", "fremovexattr", "memfd_create", "chdir", "fchdir",
+    "chroot", "pivot_root", "mount", "umount2", "swapon", "swapoff",
+    # the network
+    "socket", "socketpair", "connect", "bind", "listen", "accept", "accept4",
+    # other processes
+    "tkill", "pidfd_open", "pidfd_send_signal", "pidfd_getfd", "ptrace",
+    "process_vm_readv", "process_vm_writev", "kcmp",
+    # ways around the filter or the limits
+    "io_uring_setup", "io_uring_enter", "io_uring_register", "setrlimit", "unshare",
+    "setns", "bpf", "perf_event_open", "userfaultfd", "keyctl", "add_key", "request_key",
+    "init_module", "finit_module", "delete_module", "kexec_load", "kexec_file_load",
+    "reboot",
+)
+"""System calls a confined child is refused (EPERM), whatever their arguments."""
+
+
+@dataclass(frozen=True)
+class ProcessLimits:
+    """The resource limits of one child process."""
+
+    memory_bytes: int
+    cpu_seconds: int
+    open_files: int = OPEN_FILES
+    file_bytes: int = LOG_BYTES
+    process_headroom: int = PROCESS_HEADROOM
+
+    @classmethod
+    def from_start(cls, limits: Mapping[str, Any]) -> ProcessLimits:
+        """The limits a start message's `limits` carry (`max_memory_bytes`, `cpu_seconds`)."""
+        return cls(memory_bytes=int(limits["max_memory_bytes"]),
+                   cpu_seconds=int(limits["cpu_seconds"]))
+
+
+@dataclass
+class Confinement:
+    """What `confine()` put in place."""
+
+    rlimits: dict[str, tuple[int, int]] = field(default_factory=dict)
+    seccomp: bool = False
+    reason: str | None = None
+    """Why the seccomp filter is not on, when it is not."""
+
+
+def confine(limits: ProcessLimits, *, warn: Callable[[str], None] | None = None) -> Confinement:
+    """Confine this process: preload, resource limits, then the seccomp filter.
+
+    Call it from the main thread (it sets the disposition of SIGXCPU). A filter that
+    cannot be installed is reported through `warn` (default: one line on stderr,
+    which goes to the child's log) and the process goes on without it.
+    """
+    preload()
+    # The CPU limit ends the process even inside a long C call (where no Python-level
+    # handler could run), so that the host sees a death it can name.
+    signal.signal(signal.SIGXCPU, signal.SIG_DFL)
+    confinement = Confinement(rlimits=set_rlimits(limits))
+    reason = install_filter()
+    confinement.seccomp = reason is None
+    confinement.reason = reason
+    if reason is not None:
+        (warn or _to_stderr)(f"jarvis: no seccomp filter in this child: {reason}")
+    return confinement
+
+
+def preload() -> None:
+    """Import what the runtime may otherwise import lazily while the program runs."""
+    for name in PRELOADED:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+
+
+def set_rlimits(limits: ProcessLimits) -> dict[str, tuple[int, int]]:
+    """Lower this process's resource limits; the limits now in force, by name."""
+    cpu_hard = limits.cpu_seconds + CPU_HARD_MARGIN
+    wanted = {
+        "RLIMIT_AS": (limits.memory_bytes, limits.memory_bytes),
+        "RLIMIT_CPU": (limits.cpu_seconds, cpu_hard),
+        "RLIMIT_NOFILE": (limits.open_files, limits.open_files),
+        "RLIMIT_FSIZE": (limits.file_bytes, limits.file_bytes),
+        "RLIMIT_CORE": (0, 0),
+        "RLIMIT_NPROC": (_user_tasks() + limits.process_headroom,) * 2,
+    }
+    applied = {}
+    for name, (soft, hard) in wanted.items():
+        which = getattr(resource, name)
+        _, current_hard = resource.getrlimit(which)
+        if current_hard != resource.RLIM_INFINITY:  # never above what is allowed now
+            hard = min(hard, current_hard)
+            soft = min(soft, hard)
+        resource.setrlimit(which, (soft, hard))
+        applied[name] = resource.getrlimit(which)
+    return applied
+
+
+def _user_tasks() -> int:
+    """The tasks (processes and threads) of this process's real user, now."""
+    uid = os.getuid()
+    count = 0
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{name}").st_uid == uid:
+                count += len(os.listdir(f"/proc/{name}/task"))
+        except OSError:  # the process ended meanwhile
+            continue
+    return count
+
+
+def _to_stderr(message: str) -> None:
+    with contextlib.suppress(OSError):
+        sys.stderr.write(message + "\n")
+        sys.stderr.flush()
+
+
+@functools.cache
+def _pyseccomp() -> tuple[Any, str | None]:
+    """The pyseccomp module (None if it cannot be used here) and why not."""
+    if not sys.platform.startswith("linux"):
+        return None, f"seccomp is a Linux facility; this is {sys.platform}"
+    try:
+        import pyseccomp  # loads libseccomp.so.2
+    except (ImportError, RuntimeError, OSError) as exc:
+        return None, f"pyseccomp cannot be loaded ({exc})"
+    return pyseccomp, None
+
+
+def build_filter() -> Any:
+    """The filter `install_filter` loads (a pyseccomp SyscallFilter, not yet loaded)."""
+    seccomp, reason = _pyseccomp()
+    if seccomp is None:
+        raise OSError(reason)
+    refuse = seccomp.ERRNO(errno.EPERM)
+    arg = seccomp.Arg
+    pid = os.getpid()
+    rules: list[tuple[int, str, tuple[Any, ...]]] = [
+        (refuse, name, ()) for name in DENIED
+    ]
+    rules += [
+        # New processes are refused; new threads (CLONE_THREAD set) are not.
+        (refuse, "clone", (arg(0, seccomp.MASKED_EQ, _CLONE_THREAD, 0),)),
+        # clone3 passes its flags in memory, which a filter cannot read: ENOSYS makes
+        # the C library fall back to clone, which is checked above.
+        (seccomp.ERRNO(errno.ENOSYS), "clone3", ()),
+        # Signals only to this process itself.
+        (refuse, "kill", (arg(0, seccomp.NE, pid),)),
+        (refuse, "tgkill", (arg(0, seccomp.NE, pid),)),
+        (refuse, "rt_sigqueueinfo", (arg(0, seccomp.NE, pid),)),
+        (refuse, "rt_tgsigqueueinfo", (arg(0, seccomp.NE, pid),)),
+        # Limits may be read, not changed; the death signal may not be cleared.
+        (refuse, "prlimit64", (arg(2, seccomp.NE, 0),)),
+        (refuse, "prctl", (arg(0, seccomp.EQ, _PR_SET_PDEATHSIG),)),
+    ]
+    syscall_filter = seccomp.SyscallFilter(seccomp.ALLOW)
+    for action, name, args in rules:
+        try:
+            syscall_filter.add_rule(action, name, *args)
+        except (OSError, ValueError, RuntimeError):
+            continue  # a call this architecture does not have (open, fork on arm64)
+    return syscall_filter
+
+
+def install_filter() -> str | None:
+    """Load the seccomp filter into this process; None when it is on, else why not."""
+    try:
+        build_filter().load()
+    except OSError as exc:
+        return str(exc) or type(exc).__name__
+    return None
+
+
+@functools.cache
+def seccomp_unavailable() -> str | None:
+    """Why a child on this machine would run without its seccomp filter (None: it will not)."""
+    _, reason = _pyseccomp()
+    if reason is not None:
+        return reason
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            if not any(line.startswith("Seccomp:") for line in status):
+                return "the kernel has no seccomp support"
+    except OSError as exc:
+        return f"cannot read /proc/self/status ({exc})"
+    return None
+
+
+@functools.cache
+def warn_if_unavailable() -> str | None:
+    """Log, once per process, that children will run without the seccomp filter."""
+    reason = seccomp_unavailable()
+    if reason is not None:
+        log.warning("executions run without their seccomp filter (resource limits only): %s",
+                    reason)
+    return reason
+
+
+def limit_of_death(returncode: int, log_tail: str) -> LimitExceeded | None:
+    """The limit a child that died without reporting an outcome ran into, if it shows.
+
+    A child past its CPU time is ended by SIGXCPU; one past its address space where
+    the runtime could not turn the MemoryError into an outcome exits with it. (SIGKILL
+    is not named: the hard CPU limit and the kernel's OOM killer both send it.)
+    """
+    if returncode == -signal.SIGXCPU:
+        return LimitExceeded("cpu_seconds", "the run's process used up its CPU time and "
+                             "was killed by SIGXCPU")
+    lines = log_tail.strip().splitlines()
+    if returncode > 0 and lines and lines[-1].startswith("MemoryError"):
+        return LimitExceeded("memory", "the run's process ran out of memory (its address "
+                             "space limit) and exited")
+    return None
+
+
+# Loaded on import, so that a zygote loads it once for all the children it forks.
+_pyseccomp()

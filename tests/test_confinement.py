@@ -1,0 +1,303 @@
+"""The OS layer under the language: a confined child cannot reach the system.
+
+The probes are Python, not SPy: a test hook (a `sitecustomize` module put on the
+children's PYTHONPATH) replaces `Machine.run` in the child, so that a program whose
+source starts with `# probe` runs the attempts below from inside a real child, started
+by the pool the way `jarvis run` and the worker start them, after `confine()` and
+exactly where the program's code would run. Every attempt must be refused.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import resource
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jarvis.compiler import Compilation
+from jarvis.runtime import confine
+from jarvis.runtime.books import BookRegistry
+from jarvis.runtime.children import CHILD_ENVIRONMENT
+from jarvis.runtime.execution import Execution, error_type_name
+from jarvis.runtime.isolation import ChildPool
+from jarvis.runtime.machine import Outcome
+from jarvis.runtime.sinks import MemorySink
+from jarvis.settings import load_settings
+
+HOOK = '''
+"""Test hook for tests/test_confinement.py: probes in place of a `# probe` program."""
+import ctypes
+import errno
+import os
+import resource
+import socket
+import subprocess
+import threading
+
+import jarvis.runtime.machine as machine
+
+_run = machine.Machine.run
+LIMITS = ("RLIMIT_AS", "RLIMIT_CPU", "RLIMIT_NOFILE", "RLIMIT_FSIZE", "RLIMIT_CORE",
+          "RLIMIT_NPROC")
+
+
+def attempt(action):
+    try:
+        action()
+    except OSError as exc:
+        return errno.errorcode.get(exc.errno, str(exc.errno))
+    except Exception as exc:
+        return type(exc).__name__ + ": " + str(exc)
+    return "allowed"
+
+
+def fork():
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+
+
+def thread():
+    worker = threading.Thread(target=lambda: None)
+    worker.start()
+    worker.join()
+
+
+def raise_memory_limit():
+    unlimited = resource.RLIM_INFINITY
+    resource.setrlimit(resource.RLIMIT_AS, (unlimited, unlimited))
+
+
+PROBES = {
+    "read_file": lambda: os.close(os.open("/etc/hostname", os.O_RDONLY)),
+    "write_file": lambda: open("written.txt", "w").close(),
+    "mkdir": lambda: os.mkdir("made"),
+    "unlink": lambda: os.unlink("not-there"),
+    "fork": fork,
+    "subprocess": lambda: subprocess.run(["/bin/true"], check=False),
+    "execv": lambda: os.execv("/bin/true", ["true"]),
+    "socket": lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM).close(),
+    "unix_socket": lambda: socket.socket(socket.AF_UNIX, socket.SOCK_STREAM).close(),
+    "socketpair": lambda: [s.close() for s in socket.socketpair()],
+    "signal_parent": lambda: os.kill(os.getppid(), 0),
+    "raise_memory_limit": raise_memory_limit,
+    "signal_self": lambda: os.kill(os.getpid(), 0),
+    "thread": thread,
+}
+
+
+def run(self):
+    source = self.program.source.text
+    if not source.startswith("# probe"):
+        return _run(self)
+    libc = ctypes.CDLL(None, use_errno=True)
+    results = {name: attempt(probe) for name, probe in PROBES.items()}
+    results["rlimits"] = {name: list(resource.getrlimit(getattr(resource, name)))
+                          for name in LIMITS}
+    results["seccomp_mode"] = libc.prctl(21, 0, 0, 0, 0)  # PR_GET_SECCOMP
+    results["no_new_privs"] = libc.prctl(39, 0, 0, 0, 0)  # PR_GET_NO_NEW_PRIVS
+    self.outputs.update(results)
+    if "then the program" in source:
+        return _run(self)
+    return machine.Outcome("completed", self.outputs, counters=self.counters())
+
+
+machine.Machine.run = run
+'''
+
+REFUSED = {
+    "read_file", "write_file", "mkdir", "unlink", "fork", "subprocess", "execv", "socket",
+    "unix_socket", "socketpair", "signal_parent",
+}
+"""Probes the filter answers with EPERM."""
+
+MEMORY_BOMB = "blocks = []\nwhile True:\n    blocks.append('x' * 1000000)\n"
+
+
+@pytest.fixture
+def hooked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Children started from now on import the probe hook."""
+    hook_dir = tmp_path / "hook"
+    hook_dir.mkdir()
+    (hook_dir / "sitecustomize.py").write_text(HOOK)
+    monkeypatch.setitem(CHILD_ENVIRONMENT, "PYTHONPATH", str(hook_dir))
+    return hook_dir
+
+
+@pytest.fixture(params=["forked", "spawned"])
+def pool(request: pytest.FixtureRequest, hooked: Path) -> Iterator[ChildPool]:
+    """Both ways a child starts: forked by the zygote, or a fresh interpreter."""
+    children = ChildPool(size=2, fork=request.param == "forked")
+    yield children
+    children.close()
+
+
+def execute(tmp_path: Path, pool: ChildPool, source: str, execution_id: str,
+            limits: dict[str, Any] | None = None) -> Outcome:
+    program = Compilation.of(source, "prog.spy").program("statements")
+    settings = load_settings(state_dir=tmp_path / "state", journal_fsync=False,
+                             limits=limits or {})
+    execution = Execution(program, execution_id=execution_id, inputs={},
+                          books=BookRegistry(), settings=settings, sink=MemorySink(),
+                          isolation=pool)
+    return execution.run()
+
+
+def test_seccomp_is_available_here() -> None:
+    # This machine has libseccomp and a kernel with seccomp: the tests below must see
+    # the filter on, not pass for want of it.
+    assert confine.seccomp_unavailable() is None
+
+
+def test_a_confined_child_cannot_reach_the_system(tmp_path: Path, pool: ChildPool) -> None:
+    outcome = execute(tmp_path, pool, "# probe\noutput('unused', 1)\n", "probe",
+                      {"max_memory_bytes": 512 << 20, "max_seconds": 100.0})
+    assert outcome.status == "completed", outcome
+    results = outcome.outputs
+    assert {name: results[name] for name in REFUSED} == dict.fromkeys(REFUSED, "EPERM")
+    # Limits can be read, not raised (even by root); threads and signals to itself work.
+    assert results["raise_memory_limit"] == "ValueError: not allowed to raise maximum limit"
+    assert results["signal_self"] == "allowed"
+    assert results["thread"] == "allowed"
+    assert results["seccomp_mode"] == 2  # SECCOMP_MODE_FILTER
+    assert results["no_new_privs"] == 1
+    rlimits = results["rlimits"]
+    assert rlimits["RLIMIT_AS"] == [512 << 20, 512 << 20]
+    assert rlimits["RLIMIT_CPU"] == [110, 110 + confine.CPU_HARD_MARGIN]
+    assert rlimits["RLIMIT_NOFILE"] == [confine.OPEN_FILES] * 2
+    assert rlimits["RLIMIT_FSIZE"] == [confine.LOG_BYTES] * 2
+    assert rlimits["RLIMIT_CORE"] == [0, 0]
+    soft, hard = rlimits["RLIMIT_NPROC"]
+    assert soft == hard and confine.PROCESS_HEADROOM < soft != resource.RLIM_INFINITY
+
+
+def test_the_host_sees_the_filter_on(tmp_path: Path, pool: ChildPool) -> None:
+    """What docs/security.md tells an operator to check: `Seccomp: 2` in the status."""
+    pid = pool.next_ready().pid
+    seen: dict[str, str] = {}
+
+    def look() -> None:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and seen.get("Seccomp") != "2":
+            lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+            seen.update(line.split(":\t", 1) for line in lines if ":\t" in line)
+            time.sleep(0.05)
+
+    looker = threading.Thread(target=look)
+    looker.start()
+    outcome = execute(tmp_path, pool, "sleep(1.0)\noutput('slept', True)\n", "sleeper")
+    looker.join()
+    assert outcome.status == "completed" and outcome.outputs == {"slept": True}
+    assert seen["Seccomp"] == "2"
+    assert seen["NoNewPrivs"] == "1"
+
+
+def test_a_bomb_and_a_fork_leave_the_neighbour_alone(tmp_path: Path, pool: ChildPool) -> None:
+    """Two executions at once on one pool, as a worker runs them: one tries to fork and
+    then exhausts its memory; the other completes with the right result."""
+    neighbour_source = (
+        "total = 0\n"
+        "for i in range(200000):\n"
+        "    total += i\n"
+        "sleep(1.0)\n"
+        "output('total', total)\n"
+    )
+    outcomes: dict[str, Outcome] = {}
+
+    def neighbour() -> None:
+        outcomes["neighbour"] = execute(tmp_path / "n", pool, neighbour_source, "neighbour")
+
+    thread = threading.Thread(target=neighbour)
+    thread.start()
+    bomb = "# probe, then the program\n" + MEMORY_BOMB
+    outcomes["bomb"] = execute(tmp_path / "b", pool, bomb, "bomb",
+                               {"max_memory_bytes": 256 << 20})
+    thread.join(timeout=120)
+    bombed = outcomes["bomb"]
+    assert bombed.status == "failed"
+    assert error_type_name(bombed.error) == "LimitExceeded"  # type: ignore[arg-type]
+    assert getattr(bombed.error, "limit", None) == "memory"
+    assert bombed.outputs["fork"] == "EPERM"
+    assert bombed.outputs["subprocess"] == "EPERM"
+    assert outcomes["neighbour"].status == "completed", outcomes["neighbour"]
+    assert outcomes["neighbour"].outputs == {"total": sum(range(200000))}
+
+
+def test_without_seccomp_a_child_keeps_its_rlimits_and_says_why(tmp_path: Path) -> None:
+    """Where libseccomp is missing, `confine()` applies the resource limits, reports why
+    there is no filter and lets the child go on (in a separate interpreter: confining
+    the test process itself would end the test run)."""
+    script = textwrap.dedent("""
+        import json, resource, sys
+        sys.modules["pyseccomp"] = None  # as on a machine without it
+        from jarvis.runtime.confine import ProcessLimits, confine
+        result = confine(ProcessLimits(memory_bytes=300 << 20, cpu_seconds=30))
+        print(json.dumps({"seccomp": result.seccomp, "reason": result.reason,
+                          "as": resource.getrlimit(resource.RLIMIT_AS)}))
+        open(sys.argv[1], "w").close()  # files can still be written: no filter
+    """)
+    marker = tmp_path / "written"
+    done = subprocess.run([sys.executable, "-c", script, str(marker)], capture_output=True,
+                          text=True, timeout=60, check=True)
+    report = json.loads(done.stdout)
+    assert report["seccomp"] is False
+    assert "pyseccomp cannot be loaded" in report["reason"]
+    assert report["as"] == [300 << 20, 300 << 20]
+    assert "jarvis: no seccomp filter in this child" in done.stderr
+    assert marker.exists()
+
+
+def test_the_host_warns_once_when_children_would_run_without_seccomp(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(confine, "seccomp_unavailable", lambda: "no libseccomp here")
+    confine.warn_if_unavailable.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="jarvis.runtime.confine"):
+            assert confine.warn_if_unavailable() == "no libseccomp here"
+            assert confine.warn_if_unavailable() == "no libseccomp here"
+        warnings = [r.getMessage() for r in caplog.records]
+        assert warnings == ["executions run without their seccomp filter (resource limits "
+                            "only): no libseccomp here"]
+    finally:
+        confine.warn_if_unavailable.cache_clear()
+
+
+def test_a_death_names_the_limit_it_shows() -> None:
+    xcpu = confine.limit_of_death(-int(confine.signal.SIGXCPU), "")
+    assert xcpu is not None and xcpu.limit == "cpu_seconds"
+    memory = confine.limit_of_death(1, "Traceback (most recent call last):\n  ...\nMemoryError\n")
+    assert memory is not None and memory.limit == "memory"
+    assert confine.limit_of_death(-9, "") is None  # SIGKILL: OOM killer or hard CPU limit
+    assert confine.limit_of_death(1, "ValueError: x\n") is None
+
+
+def test_the_filter_refuses_what_it_lists() -> None:
+    """The deny list covers each way out the issue names (checked on the built filter
+    in a separate interpreter, which then tries each call)."""
+    for name in ("execve", "execveat", "fork", "vfork", "open", "openat", "creat",
+                 "socket", "socketpair", "connect", "bind", "setrlimit", "io_uring_setup"):
+        assert name in confine.DENIED
+    script = textwrap.dedent("""
+        import errno, os
+        from jarvis.runtime.confine import install_filter
+        assert install_filter() is None
+        try:
+            os.open("/dev/null", os.O_RDONLY)
+        except PermissionError as exc:
+            print(exc.errno)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert done.stdout.strip() == str(errno.EPERM)

@@ -1,0 +1,167 @@
+"""Children forked by the zygote keep every property of a spawned child.
+
+A clean environment and a private, empty directory; nothing of the zygote's left open;
+a stop (SIGTERM) suspends the execution; a child that fails leaves its log's tail as
+the cause; children die with the zygote, the zygote with the host; a dead zygote is
+replaced. And the program a child runs is the one the host compiled.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jarvis.compiler import Compilation
+from jarvis.runtime.books import BookRegistry
+from jarvis.runtime.children import CHILD_ENVIRONMENT
+from jarvis.runtime.execution import Execution
+from jarvis.runtime.forks import ForkServer
+from jarvis.runtime.isolation import ChildPool
+from jarvis.runtime.program_bytes import decode_program, encode_program
+from jarvis.runtime.sinks import MemorySink
+from jarvis.settings import load_settings
+
+
+def eventually(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting until {what}")
+        time.sleep(0.02)
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+@pytest.fixture
+def forks() -> Iterator[ForkServer]:
+    server = ForkServer()
+    yield server
+    server.close()
+
+
+def run(tmp_path: Path, source: str, pool: ChildPool, execution_id: str = "z",
+        stop_requested: Callable[[], bool] = lambda: False) -> Any:
+    program = Compilation.of(source, "prog.spy").program("statements")
+    settings = load_settings(state_dir=tmp_path / "state", journal_fsync=False)
+    return Execution(program, execution_id=execution_id, inputs={}, books=BookRegistry(),
+                     settings=settings, sink=MemorySink(), isolation=pool,
+                     stop_requested=stop_requested).run()
+
+
+def test_a_forked_child_has_a_scrubbed_environment_a_private_directory_and_no_leaks(
+    forks: ForkServer, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("JARVIS_HMAC_KEYS", "a-secret-the-child-must-not-see")
+    child = forks.fork()
+    try:
+        pid = child.pid
+        environ = [i for i in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if i]
+        assert {item.split(b"=", 1)[0].decode() for item in environ} == set(CHILD_ENVIRONMENT)
+        eventually(lambda: os.readlink(f"/proc/{pid}/cwd") == child.workdir,
+                   "the child moved into its directory")
+        assert os.listdir(child.workdir) == []
+        # stdin, the log as stdout and stderr, the channel: nothing of the zygote's.
+        eventually(lambda: len(os.listdir(f"/proc/{pid}/fd")) == 4, "the child closed fds")
+        assert os.readlink(f"/proc/{pid}/fd/0") == "/dev/null"
+        assert os.path.samestat(os.stat(f"/proc/{pid}/fd/1"), os.fstat(child.log.fileno()))
+        assert os.getppid() != forks.pid and _parent_of(pid) == forks.pid
+    finally:
+        child.close()
+
+
+def _parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def test_forked_children_run_executions_and_a_stop_suspends_one(tmp_path: Path) -> None:
+    pool = ChildPool(size=1)
+    try:
+        assert pool.forks is not None
+        outcome = run(tmp_path, "output('x', [1, 2])\n", pool, "first")
+        assert (outcome.status, outcome.outputs) == ("completed", {"x": [1, 2]})
+        asked = time.monotonic() + 0.5
+        outcome = run(tmp_path, "for i in range(200):\n    sleep(0.05)\noutput('done', 1)\n",
+                      pool, "stopped", stop_requested=lambda: time.monotonic() > asked)
+        assert outcome.status == "suspended"
+        assert outcome.counters["snapshots"] >= 1
+    finally:
+        pool.close()
+
+
+def test_a_failing_child_reports_the_tail_of_its_log(forks: ForkServer) -> None:
+    child = forks.fork()
+    try:
+        child.channel.send({"op": "start"})  # no program: the child fails with KeyError
+        cause = child.cause_of_death()
+        assert cause.startswith("the execution's process exited with status 1:"), cause
+        assert "KeyError: 'program_length'" in cause
+        assert "Traceback" in child.log_tail()
+    finally:
+        child.close()
+
+
+def test_children_die_with_their_zygote_and_a_new_zygote_takes_over(
+    forks: ForkServer, tmp_path: Path,
+) -> None:
+    child = forks.fork()
+    pid, zygote = child.pid, forks.pid
+    assert zygote is not None
+    os.kill(zygote, signal.SIGKILL)
+    eventually(lambda: not alive(pid), "the child died with its zygote")
+    assert "died with the zygote" in child.cause_of_death()
+    child.close()
+    eventually(lambda: forks.pid not in (None, zygote), "a new zygote started", 20)
+    again = forks.fork()
+    try:
+        assert _parent_of(again.pid) == forks.pid
+    finally:
+        again.close()
+
+
+def test_the_zygote_and_its_children_die_with_the_host() -> None:
+    script = (
+        "import time\n"
+        "from jarvis.runtime.forks import ForkServer\n"
+        "forks = ForkServer()\n"
+        "child = forks.fork()\n"
+        "print(child.pid, forks.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    host = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert host.stdout is not None
+    child_pid, zygote_pid = (int(word) for word in host.stdout.readline().split())
+    host.send_signal(signal.SIGKILL)
+    host.wait(timeout=10)
+    try:
+        eventually(lambda: not alive(zygote_pid) and not alive(child_pid),
+                   "the zygote and its child died with the host")
+    finally:
+        for pid in (child_pid, zygote_pid):
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_the_child_runs_the_program_the_host_compiled() -> None:
+    program = Compilation.of("def f(x):\n    return x + 1\noutput('y', f(1))\n",
+                             "p.spy").program("full")
+    copy = decode_program(encode_program(program))
+    assert copy.digest == program.digest
+    assert copy.code == program.code
+    assert len(copy.codes) == len(program.codes)
+    assert copy.functions == program.functions
+    assert copy.trace_sites == program.trace_sites
+    assert copy.source.text == program.source.text and copy.books == program.books
