@@ -29,7 +29,9 @@ class BookError(Exception):
         self.status = status
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (BookError, (self.book, self.procedure, self.error_type, self.message, self.status))
+        # The state carries what the engine noted on the error (where it was raised).
+        return (BookError, (self.book, self.procedure, self.error_type, self.message,
+                            self.status), dict(self.__dict__))
 
 
 class LimitExceeded(BaseException):

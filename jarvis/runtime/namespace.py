@@ -36,6 +36,7 @@ from jarvis.runtime.frames import (
 )
 from jarvis.runtime.guards import guard_table
 from jarvis.runtime.lazy import make_generator, read_variable
+from jarvis.runtime.locate import locate, mark_origin
 
 _STATIC_PREFIXES = ("_jv_step_", "_jv_bind_", "_jv_H_")
 """Globals the program module defines itself; rebuilt on load, never saved."""
@@ -215,6 +216,13 @@ class _StatePickler(cloudpickle.Pickler):  # type: ignore[misc]
         return box
 
     def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, BaseException) and obj.__traceback__ is not None:
+            # A traceback is not pickled: keep where the error was raised, so that an
+            # error a frame holds across a snapshot (to re-raise from a `finally`) is
+            # still reported at its origin after a resume.
+            where = locate(obj, self.namespace.program.path)
+            if where is not None:
+                mark_origin(obj, where.line, where.col, where.end_line, where.end_col)
         kind = _DICT_VIEWS.get(type(obj))
         if kind is not None:
             # A dict view shows its dict as it is now: keep the dict itself, or the view
