@@ -229,7 +229,7 @@ class Bench:
         from jarvis.worker.logs import KafkaLogSink
 
         producer = Producer({"bootstrap.servers": self.kafka.bootstrap_servers,
-                             "compression.type": "lz4", "linger.ms": 20,
+                             "compression.type": "lz4", "linger.ms": 2,
                              "queue.buffering.max.kbytes": 262144,
                              "enable.idempotence": True})
         execution_id = f"sink-{uuid.uuid4().hex[:10]}"

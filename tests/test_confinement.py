@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import os
 import resource
 import subprocess
 import sys
@@ -301,3 +302,52 @@ def test_the_filter_refuses_what_it_lists() -> None:
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=60, check=True)
     assert done.stdout.strip() == str(errno.EPERM)
+
+
+def test_a_forked_child_loads_the_filter_its_zygote_prepared() -> None:
+    """The zygote builds the rules common to all children once; each forked child takes
+    that filter, adds the rules naming its own pid, and loads it: signals to itself
+    pass, to its parent (another pid) are refused, and the zygote keeps its copy."""
+    script = textwrap.dedent("""
+        import os
+        from jarvis.runtime import confine
+        confine.prepare_filter()
+        prepared = confine._PREPARED[0]
+        for _ in range(2):  # each child of the same parent gets its own pid's rules
+            pid = os.fork()
+            if pid == 0:
+                taken = confine.build_filter()
+                assert taken is prepared and not confine._PREPARED
+                taken.load()
+                os.kill(os.getpid(), 0)
+                try:
+                    os.kill(os.getppid(), 0)
+                except PermissionError:
+                    os._exit(7)
+                os._exit(1)
+            _, status = os.waitpid(pid, 0)
+            print(os.waitstatus_to_exitcode(status))
+        assert confine._PREPARED == [prepared]
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert done.stdout.split() == ["7", "7"], done.stderr
+
+
+def test_the_task_count_reads_threads_from_the_link_count() -> None:
+    """`_user_tasks` takes a process's threads from the link count of /proc/PID/task
+    (one stat, rather than listing it): it must agree with the listing here."""
+    release = threading.Event()
+    threads = [threading.Thread(target=release.wait) for _ in range(5)]
+    for thread in threads:
+        thread.start()
+    try:
+        task = Path(f"/proc/{os.getpid()}/task")
+        listed = len(list(task.iterdir()))
+        assert listed >= 6
+        assert task.stat().st_nlink - 2 == listed
+        assert confine._user_tasks() >= listed
+    finally:
+        release.set()
+        for thread in threads:
+            thread.join()

@@ -295,6 +295,36 @@ def test_a_full_worker_pauses_its_partitions_until_a_run_ends(tmp_path: Path) ->
     assert [r.execution_id for r in worker.runner.started] == ["e1", "e2"]
 
 
+def test_a_full_worker_keeps_a_backlog_that_starts_as_runs_end(tmp_path: Path) -> None:
+    worker = make_worker(tmp_path, max_concurrency=2)
+    for name in ("e1", "e2", "e3", "e4", "e5"):
+        worker.consumer.send(start(name), name.encode())
+    worker.steps(6)
+    assert [r.execution_id for r in worker.runner.started] == ["e1", "e2"]
+    # Two commands wait at hand, in order; the fifth stays on the broker.
+    assert [m.key() for m in worker.loop.held] == [b"e3", b"e4"]
+    assert worker.consumer.paused == {(TOPIC, 0), (TOPIC, 1)}
+    assert [m.key() for m in worker.consumer.queue] == [b"e5"]
+
+    worker.runner.end(worker.runner.started[1], "completed")
+    worker.loop.step(timeout=0)  # the freed slot is taken in the same step
+    assert [r.execution_id for r in worker.runner.started] == ["e1", "e2", "e3"]
+    # e1 still runs: nothing past it is committed, whatever waits behind it.
+    assert worker.consumer.committed_position(0) in (None, 0)
+
+    worker.steps(3)
+    assert [m.key() for m in worker.loop.held] == [b"e4", b"e5"]
+    for run in worker.runner.started[:1] + worker.runner.started[2:]:
+        worker.runner.end(run, "completed")
+    worker.steps(3)
+    assert [r.execution_id for r in worker.runner.started] == ["e1", "e2", "e3", "e4", "e5"]
+    for run in worker.runner.started[3:]:
+        worker.runner.end(run, "completed")
+    worker.steps(3)
+    assert worker.consumer.committed_position(0) == 5
+    assert worker.consumer.paused == set() and not worker.loop.held
+
+
 def test_commands_wait_while_redis_is_away_and_nothing_is_dead_lettered(
         worker: Worker) -> None:
     worker.redis.down = True

@@ -82,15 +82,20 @@ def build(settings: WorkerSettings) -> tuple[WorkerLoop, ChildPool, Any]:
         "enable.idempotence": True,
         "logger": _kafka_log(),
     })
-    logs_producer = Producer({  # trace events: large batches, for throughput
+    logs_producer = Producer({  # trace events: large messages (a batch of lines each)
         **kafka_config(settings),
         "compression.type": "lz4",
-        "linger.ms": 20,
+        # A run's end waits for its last events' acknowledgement: short. Messages are
+        # large already (KafkaLogSink packs up to 900 kB of lines into each).
+        "linger.ms": 2,
         "queue.buffering.max.kbytes": 262144,
         "enable.idempotence": True,
         "logger": _kafka_log(),
     })
     consumer = Consumer({
+        # A fetch that waits at the broker for new messages holds back the fetch of a
+        # partition resumed meanwhile (flow control): wait 100 ms, not librdkafka's 500.
+        "fetch.wait.max.ms": 100,
         **kafka_config(settings),
         "group.id": kafka.group_id,
         "enable.auto.commit": False,
@@ -104,7 +109,9 @@ def build(settings: WorkerSettings) -> tuple[WorkerLoop, ChildPool, Any]:
     })
     client = redis.Redis.from_url(settings.redis.url, socket_timeout=5,
                                   socket_connect_timeout=5, health_check_interval=10)
-    pool = ChildPool(size=min(settings.max_concurrency, 2))
+    # Children forked ahead: a start finds one waiting for it (the zygote forks them
+    # one after the other, so a burst of starts would otherwise wait for forks).
+    pool = ChildPool(size=min(settings.max_concurrency, 4))
     programs = ProgramLoader(settings)
 
     def runner_factory(**hooks: Any) -> Runner:

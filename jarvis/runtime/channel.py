@@ -7,9 +7,11 @@ bytes, trace events as JSON). Frames are length-prefixed:
     u32 header length | u32 blob length | header (UTF-8 JSON) | blob
 
 Requests from the child carry `op`; the host answers each with `ok` (and a result) or
-`error`. The protocol is synchronous and in order, one request at a time, so the child
-needs no thread to read its answers. Trace events are delivered in the Tracer's batches,
-so a traced program costs one round trip per batch, not per event.
+`error`, in order, so the child needs no thread to read its answers. Trace events are
+delivered in the Tracer's batches, so a traced program costs one request per batch, not
+per event, and a batch is sent ahead (`send_ahead`): the child goes on running (and
+fills the next batch) while the host delivers this one, and reads the answer before it
+sends anything else (`settle`), so an error still reaches it, one batch later at most.
 """
 
 from __future__ import annotations
@@ -38,8 +40,13 @@ class Channel:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self._reader = sock.makefile("rb", buffering=1 << 16)
+        self._unanswered = 0  # requests sent ahead whose answers are not read yet
 
     def send(self, header: dict[str, Any], blob: bytes = b"") -> None:
+        """Send one frame; the answers of requests sent ahead are read first (`settle`),
+        so that what follows a request is sent only once it succeeded."""
+        if self._unanswered:
+            self.settle()
         data = json.dumps(header, separators=(",", ":"), ensure_ascii=False,
                           allow_nan=False).encode("utf-8")
         try:
@@ -60,6 +67,20 @@ class Channel:
             raise ChannelError("a frame header must be a JSON object")
         blob = self._read(blob_length) if blob_length else b""
         return header, blob
+
+    def send_ahead(self, header: dict[str, Any], blob: bytes = b"") -> None:
+        """Send a request without waiting for its answer, which `settle` (or the next
+        `send`) reads; at most one is outstanding."""
+        self.send(header, blob)
+        self._unanswered += 1
+
+    def settle(self) -> None:
+        """Read the answers of the requests sent ahead; an `error` answer raises."""
+        while self._unanswered:
+            self._unanswered -= 1
+            answer, _ = self.receive()
+            if "error" in answer:
+                raise RemoteError(str(answer.get("type", "Error")), str(answer["error"]))
 
     def request(self, header: dict[str, Any], blob: bytes = b"") -> tuple[dict[str, Any], bytes]:
         """Send a request and wait for its answer; an `error` answer raises."""

@@ -95,7 +95,9 @@ class ChannelSink:
         last = self.last_delivered
         rows = [event[1:] for event in events if event[1] > last]
         if rows:
-            self.channel.request({"op": "trace", "rows": rows})
+            # Sent ahead: the program goes on while the host delivers the batch; its
+            # answer is read before the next request (an error raises there).
+            self.channel.send_ahead({"op": "trace", "rows": rows})
             self.last_delivered = rows[-1][0]
 
     def close(self) -> None:
@@ -162,10 +164,13 @@ def serve(channel: Channel) -> int:
     # Imported here: a spawned child waits for its start message as early as possible,
     # and the imports are what it does while waiting in a pool (a forked child has
     # them from the zygote).
-    from jarvis.runtime.machine import Machine, MachineLimits, SnapshotPolicy
+    from jarvis.runtime.machine import Machine, MachineLimits, Outcome, SnapshotPolicy
     from jarvis.runtime.program_bytes import decode_program
     from jarvis.runtime.trace import Tracer
 
+    # The time limits' thread, started while threads still can be (before the filter),
+    # and before the start message: a child that waits in a pool has it ready.
+    start_watchdog()
     start, blob = channel.receive()
     if start.get("op") != "start":
         return 2
@@ -207,7 +212,6 @@ def serve(channel: Channel) -> int:
     )
     # Everything from here on runs the program: this is the one place where a child,
     # forked or spawned, confines itself before the program's code runs.
-    start_watchdog()  # the time limits' thread, started while threads still can be
     confine(ProcessLimits.from_start(limits))
     if snapshot is not None:
         machine.restore(snapshot)
@@ -217,6 +221,11 @@ def serve(channel: Channel) -> int:
         outcome = machine.run()
     except Stopped:  # a stop that arrived outside the program's own run
         outcome = machine.stopped_outcome()
+    try:
+        channel.settle()  # the last trace batch was delivered, or the run failed
+    except RemoteError as exc:
+        if outcome.error is None:
+            outcome = Outcome("failed", outcome.outputs, exc, None, outcome.counters)
     error: dict[str, Any] | None = None
     if outcome.error is not None:
         where = outcome.location

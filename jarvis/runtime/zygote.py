@@ -177,6 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     confine.preload()
     with contextlib.suppress(ImportError):
         importlib.import_module("pyseccomp")
+    confine.prepare_filter()  # each child adds the rules naming itself, and loads it
 
     control = socket.socket(fileno=int(args[0]))
     try:

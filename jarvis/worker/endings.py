@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from jarvis.runtime.statedir import ExecutionDir, StateError
+from jarvis.worker.stops import stop_key
 
 TERMINAL: Final = frozenset({"completed", "failed", "cancelled"})
 """Statuses after which an execution never runs again."""
@@ -45,12 +46,16 @@ class Endings:
         status = recorded.get("status")
         return str(status) if status in TERMINAL else None
 
-    def record(self, execution_id: str, status: str, worker: str) -> None:
-        """Remember in Redis that the execution ended with `status`."""
+    def record(self, execution_id: str, status: str, worker: str,
+               clear_stop: bool = False) -> None:
+        """Remember in Redis that the execution ended with `status` (and, with
+        `clear_stop`, drop its stop request in the same round trip)."""
         key = status_key(execution_id)
         with self.redis.pipeline() as pipe:
             pipe.hset(key, mapping={"status": status, "worker": worker, "ts": time.time()})
             pipe.expire(key, KEEP_SECONDS)
+            if clear_stop:
+                pipe.delete(stop_key(execution_id))
             pipe.execute()
 
     def cancel(self, execution_id: str) -> None:

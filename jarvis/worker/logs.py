@@ -40,6 +40,9 @@ MAX_MESSAGE_BYTES = 900_000
 over its `message.max.bytes`, 1,000,000 by default): big messages compress well and
 cost the producer, the broker and the consumer one record each."""
 
+FLUSH_POLL_SECONDS = 0.002
+"""How long `flush` waits in one poll of the producer before it looks again."""
+
 _LINE = ('%s seq=%di,line=%di,col=%di,end_line=%di,end_col=%di,expr="%s",value="%s",'
          'type="%s"%s %d')
 _SEPARATOR = "\x00"
@@ -168,7 +171,9 @@ class KafkaLogSink:
                     return True
             if time.monotonic() >= deadline:
                 return False
-            self.producer.poll(0.05)
+            # Short: another thread's poll may serve this sink's delivery reports (the
+            # producer is shared), and then this one is not woken by them.
+            self.producer.poll(FLUSH_POLL_SECONDS)
 
     def close(self) -> None:
         self.flush()

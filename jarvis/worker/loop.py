@@ -2,13 +2,20 @@
 
 The loop is the only code that touches the consumer. It never waits on a run: runs
 live in threads (their programs in child processes) and report back through a queue.
-While the worker is full, its partitions are paused so the poll loop goes on
-(heartbeats, rebalances) without taking more work. A start's offset is committed once
-its run has ended (completed, failed, cancelled or suspended); see offsets.py.
+A start's offset is committed once its run has ended (completed, failed, cancelled or
+suspended); see offsets.py.
+
+Commands are handled in the order they arrive. One that finds the worker full waits in
+`held`, a backlog of at most `max_concurrency` commands, and starts as soon as a run
+ends: the next command is at hand then, rather than a fetch away (a paused partition's
+fetched messages are dropped by the consumer and fetched again after the resume, which
+costs a broker round trip). While the backlog is full, the partitions are paused so the
+poll loop goes on (heartbeats, rebalances) without taking more work.
 
 A command that cannot be handled yet (Redis or the state directory is away, or an
-earlier run of its execution here is ending) waits in `held`, with the partitions
-paused, and is tried again; only a command that is itself wrong is dead-lettered.
+earlier run of its execution here is ending) waits at the head of `held`, with the
+partitions paused, and is tried again; only a command that is itself wrong is
+dead-lettered.
 """
 
 from __future__ import annotations
@@ -37,6 +44,10 @@ log = logging.getLogger("jarvis.worker")
 
 COMMIT_TIMEOUT = 10.0
 """Seconds after which an asynchronous commit that never reported back is sent again."""
+
+BUSY_POLL_SECONDS = 0.005
+"""The longest poll while runs are going: a run that ends frees its slot (and its
+offset) within this, for the next command waiting."""
 
 
 class NotYet(Exception):
@@ -114,14 +125,18 @@ class WorkerLoop:
         self.collect_finished()
         self.retry_held()
         self.flow_control()
-        message = self.consumer.poll(timeout)
+        # While runs are going, a slot that frees up is filled within a few ms.
+        busy = bool(self.runs) or bool(self.held)
+        message = self.consumer.poll(min(timeout, BUSY_POLL_SECONDS) if busy else timeout)
         self.last_poll = time.time()
         if message is not None and message.error() is None:
             self.tracker.begin(message.topic(), message.partition(), message.offset())
-            if self.held:
-                self.held.append(message)  # fetched before the pause took effect
+            if self.held or self.full():
+                self.held.append(message)  # in order, after those that wait already
             else:
                 self.dispatch(message)
+        self.collect_finished()
+        self.retry_held()
         self.commit()
         if self.publisher.due():
             self.publisher.publish(self.gauges())
@@ -141,8 +156,13 @@ class WorkerLoop:
             self.dead_letter(message, f"internal error handling the command: {exc}", None)
         return True
 
+    def full(self) -> bool:
+        """Whether every run slot is taken."""
+        return len(self.runs) >= self.settings.max_concurrency
+
     def retry_held(self) -> None:
-        while self.held and time.monotonic() >= self.held_until:
+        """Handle waiting commands, in order, while there is room and no backoff."""
+        while self.held and not self.full() and time.monotonic() >= self.held_until:
             if not self.dispatch(self.held[0]):
                 return
             self.held.popleft()
@@ -210,8 +230,10 @@ class WorkerLoop:
                                 run.position.offset)
 
     def flow_control(self) -> None:
-        """Pause every assigned partition while full or holding a command; else resume."""
-        hold = bool(self.held) or len(self.runs) >= self.settings.max_concurrency
+        """Pause every assigned partition while the backlog is full or a command waits
+        for Redis (or for an earlier run of its execution); else resume."""
+        backing_off = bool(self.held) and time.monotonic() < self.held_until
+        hold = backing_off or len(self.held) >= max(1, self.settings.max_concurrency)
         if hold:
             fresh = [p for p in self.consumer.assignment() if _tp(p) not in self.paused]
             if fresh:

@@ -25,6 +25,11 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError)
 
 
+_JITTER = random.Random()
+"""One generator for every Backoff: seeding a new one reads the OS's entropy, and a
+worker makes several Backoffs per run."""
+
+
 @dataclass
 class Backoff:
     """Exponential backoff with jitter: 0.1 s, 0.2 s, ... up to `ceiling` seconds."""
@@ -32,7 +37,7 @@ class Backoff:
     first: float = 0.1
     ceiling: float = 2.0
     tries: int = 0
-    rng: random.Random = field(default_factory=random.Random)
+    rng: random.Random = field(default_factory=lambda: _JITTER)
 
     def next_delay(self) -> float:
         delay: float = min(self.ceiling, self.first * 2.0 ** self.tries)

@@ -373,8 +373,7 @@ class Runner:
         backoff = Backoff()
         while True:
             try:
-                self.endings.record(run.execution_id, status, self.worker_id)
-                self.stops.clear(run.execution_id)
+                self.endings.record(run.execution_id, status, self.worker_id, clear_stop=True)
                 return
             except Exception as exc:
                 if not is_transient(exc) or time.monotonic() >= give_up:
