@@ -67,6 +67,9 @@ class StubTracer:
     def event(self, *args: Any, **kwargs: Any) -> None:
         self.seq += 1
 
+    def engine_event(self, *args: Any) -> None:
+        self.seq += 1
+
     def hooks(self) -> dict[str, Any]:
         return {}
 

@@ -100,6 +100,9 @@ class StubTracer:
     def event(self, kind: str, *args: Any, **kwargs: Any) -> None:
         self.seq += 1
 
+    def engine_event(self, kind: str, *args: Any) -> None:
+        self.seq += 1
+
     def hooks(self) -> dict[str, Callable[..., Any]]:
         return {}
 

@@ -58,19 +58,27 @@ def child_nodes(node: ast.AST) -> list[ast.AST]:
     return out
 
 
-def fix_missing_locations(node: Node) -> Node:
-    """`ast.fix_missing_locations`, faster: a node without a position takes its parent's."""
-    _fix(node, 1, 0, 1, 0)
+def fix_missing_locations(node: Node, complete: frozenset[int] = frozenset()) -> Node:
+    """`ast.fix_missing_locations`, faster: a node without a position takes its parent's.
+
+    `complete` names (by id) nodes known to have positions all the way down: they are
+    not walked."""
+    _fix(node, 1, 0, 1, 0, complete)
     return node
 
 
-def _fix(node: ast.AST, lineno: int, col: int, end_lineno: int, end_col: int) -> None:
+def _fix(node: ast.AST, lineno: int, col: int, end_lineno: int, end_col: int,
+         complete: frozenset[int]) -> None:
     kind = type(node)
     located = _LOCATED.get(kind)
     if located is None:
         located = _LOCATED[kind] = "lineno" in kind._attributes
+    if not located and not kind._fields:
+        return  # a context or an operator (`Load`, `Add`): no position, no children
     fields = node.__dict__
     if located:
+        if complete and id(node) in complete and "lineno" in fields:
+            return
         if "lineno" in fields:
             lineno = fields["lineno"]
         else:
@@ -90,11 +98,11 @@ def _fix(node: ast.AST, lineno: int, col: int, end_lineno: int, end_col: int) ->
     for name in kind._fields:
         value = fields.get(name)
         if isinstance(value, ast.AST):
-            _fix(value, lineno, col, end_lineno, end_col)
+            _fix(value, lineno, col, end_lineno, end_col, complete)
         elif type(value) is list:
             for item in value:
                 if isinstance(item, ast.AST):
-                    _fix(item, lineno, col, end_lineno, end_col)
+                    _fix(item, lineno, col, end_lineno, end_col, complete)
 
 
 def walk(node: ast.AST) -> Iterator[ast.AST]:

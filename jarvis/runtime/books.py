@@ -103,6 +103,10 @@ def _plain_copy(value: Any) -> Any:
     raise _NotPlain
 
 
+PLAIN_SCALARS = frozenset({str, int, bool, type(None)})
+"""JSON values that are their own copy (a float is checked: JSON has no NaN)."""
+
+
 def json_copy(value: Any, where: str) -> Any:
     """`to_json_value(value)` after `check_json_value(value, where)`, in one pass.
 
@@ -132,6 +136,8 @@ class PythonBook:
 
     def __post_init__(self) -> None:
         self._module: ModuleType | None = None
+        # Procedures found so far: a module's functions are looked up once.
+        self._found: dict[str, Callable[..., Any]] = {}
 
     def _procedures(self) -> ModuleType:
         if self._module is None:
@@ -153,12 +159,16 @@ class PythonBook:
         return self._module
 
     def procedure(self, procedure: str) -> Callable[..., Any]:
+        found = self._found.get(procedure)
+        if found is not None:
+            return found
         module = self._procedures()
         func = getattr(module, procedure, None) if not procedure.startswith("_") else None
         # Only functions the Book's file defines are procedures: what it imports (`from os
         # import getenv`), its classes and other callables would run in the host.
         if not isinstance(func, FunctionType) or func.__module__ != module.__name__:
             raise BookError(self.name, procedure, "UnknownProcedure", "no such procedure")
+        self._found[procedure] = func
         return func
 
     def call(
@@ -173,6 +183,8 @@ class PythonBook:
             raise
         except Exception as exc:
             raise BookError(self.name, procedure, type(exc).__name__, str(exc)) from None
+        if type(result) in PLAIN_SCALARS:
+            return result  # nothing to copy or check
         try:
             # A copy: the program must not share a value the Book may change later.
             return json_copy(result, f"the result of {self.name}.{procedure}")

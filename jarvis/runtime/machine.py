@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from jarvis.compiler.compiled import CompiledProgram
 from jarvis.compiler.lower.blocks import ARTIFACT, BOOK, CALL, CHECKPOINT, RETURN, SLEEP
@@ -29,7 +29,7 @@ from jarvis.runtime.artifacts import (
     artifact_arguments,
     sha256_hex,
 )
-from jarvis.runtime.books import BookRegistry, json_copy
+from jarvis.runtime.books import PLAIN_SCALARS, BookRegistry, json_copy
 from jarvis.runtime.channel import RemoteError
 from jarvis.runtime.effects_log import (
     EffectStore,
@@ -37,6 +37,7 @@ from jarvis.runtime.effects_log import (
     book_record,
     decode,
     encode,
+    encode_book_result,
     expect,
 )
 from jarvis.runtime.errors import BookError, LimitExceeded, RuntimeSetupError
@@ -72,6 +73,10 @@ class TraceHooks(Protocol):
     def event(self, kind: str, line: int = 0, col: int = 0, end_line: int = 0,
               end_col: int = 0, expr: str = "", value: object = ..., *,
               text: str | None = None, duration_ms: float | None = None) -> Any: ...
+
+    def engine_event(self, kind: str, line: int, col: int, end_line: int, end_col: int,
+                     expr: str, value: object = ..., duration_ms: float | None = None) -> None:
+        ...
 
     def hooks(self) -> dict[str, Callable[..., Any]]: ...
 
@@ -362,7 +367,12 @@ class Machine:
         else:
             outcome = (0, result)
         self.resume = outcome
-        if self._snapshot_due(kind):
+        # `_snapshot_due`, its common answer inline: no snapshot until enough effects.
+        if self.snapshots is not None and (
+            kind == CHECKPOINT
+            or self.effect_count - self.snapshot_effects >= self.policy.every_effects
+            or self.clock() - self.snapshot_time >= self.policy.every_seconds
+        ) and self._snapshot_due(kind):
             self.take_snapshot()
         if self.waiting_until is not None:
             self.wait_until(self.waiting_until, snapshot_on_stop=True)
@@ -392,42 +402,70 @@ class Machine:
 
     def book_call(self, book: str, procedure: str, args: list[Any], kwargs: dict[str, Any],
                   site: Any = None) -> Any:
-        try:
-            # Checked and copied once: the Book gets these copies (see `Book.call`).
-            copied_args = json_copy(args, "the arguments")
-            copied_kwargs = json_copy(kwargs, "the keyword arguments")
-        except TypeError as exc:
-            raise TypeError(f"{book}.{procedure}(): {exc}") from None
+        """A Book call, performed or replayed. `args` and `kwargs` are the caller's to
+        give away: the trace may keep them as they are (the Book gets copies)."""
+        kinds = {*map(type, args), *map(type, kwargs.values())}
+        if kinds <= PLAIN_SCALARS:
+            # The common case, checked and copied without walking anything.
+            copied_args: list[Any] = list(args)
+            copied_kwargs: dict[str, Any] = dict(kwargs)
+        else:
+            try:
+                # Checked and copied once: the Book gets these copies (see `Book.call`).
+                copied_args = json_copy(args, "the arguments")
+                copied_kwargs = json_copy(kwargs, "the keyword arguments")
+            except TypeError as exc:
+                raise TypeError(f"{book}.{procedure}(): {exc}") from None
         if self.book_calls >= self.limits.max_book_calls:
             raise LimitExceeded("book_calls", f"more than {self.limits.max_book_calls} Book calls")
         self.book_calls += 1
         line, col, end_line, end_col = _position(site)
         call_text = f"{book}.{procedure}"
-        self.tracer.event("book_start", line, col, end_line, end_col, call_text,
-                          {"args": args, "kwargs": kwargs})
+        tracer = self.tracer
+        arguments = {"args": args, "kwargs": kwargs}
+        if kinds <= _IMMUTABLE:
+            # Nothing in them can change: rendered only if a sink reads the event.
+            tracer.engine_event("book_start", line, col, end_line, end_col, call_text,
+                                arguments)
+        else:
+            tracer.event("book_start", line, col, end_line, end_col, call_text, arguments)
         index = self.effect_count
-        if self.replaying():
+        if index < self.effects.count:
             record = self.next_record()
             expect(record, "book", index, b=book, p=procedure)
             self.effect_count += 1
+            value, failure = book_outcome(record)
+            duration_ms = record.get("ms")
         else:
             started = time.perf_counter()
-            error: BookError | None = None
-            result: Any = None
             try:
-                result = self.books.get(book).call(
+                value = self.books.get(book).call(
                     procedure, copied_args, copied_kwargs, f"{self.execution_id}:{index + 1}")
             except BookError as exc:
-                error = exc
-            record = book_record(book, procedure, result, error,
-                                 (time.perf_counter() - started) * 1000)
-            self.commit(record)
-        value, failure = book_outcome(record)
-        self.tracer.event("book_end", line, col, end_line, end_col, call_text,
-                          {"error": record["err"]} if failure else value,
-                          duration_ms=record.get("ms"))
+                record = book_record(book, procedure, None, exc,
+                                     (time.perf_counter() - started) * 1000)
+                self.commit(record)
+                # Raised as a replay would raise it: made from the journaled fields.
+                value, failure = book_outcome(record)
+                duration_ms = record["ms"]
+            else:
+                duration_ms = (time.perf_counter() - started) * 1000
+                # The record `book_record` makes, encoded without being built.
+                self.effects.append(encode_book_result(book, procedure, duration_ms, value))
+                self.effect_count += 1
+                duration_ms = round(duration_ms, 3)
+                failure = None
         if failure is not None:
+            # The error's fields are strings and a number, in a record nothing else holds.
+            tracer.engine_event("book_end", line, col, end_line, end_col, call_text,
+                                {"error": record["err"]}, duration_ms)
             raise failure
+        if type(value) in _IMMUTABLE:
+            tracer.engine_event("book_end", line, col, end_line, end_col, call_text, value,
+                                duration_ms)
+        else:  # the program gets this value and may change it: rendered now
+            tracer.event("book_end", line, col, end_line, end_col, call_text, value,
+                         duration_ms=duration_ms)
         return value
 
     def now(self) -> float:
@@ -563,6 +601,10 @@ def limit_of(error: BaseException) -> LimitExceeded | None:
                              f"{sys.get_int_max_str_digits():,} decimal digits cannot be "
                              "converted to or from a string")
     return None
+
+
+_IMMUTABLE: Final = frozenset({int, float, str, bool, type(None)})
+"""Values a trace event may keep unrendered: nothing can change them."""
 
 
 def _position(site: Any) -> tuple[int, int, int, int]:

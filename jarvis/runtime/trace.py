@@ -7,7 +7,8 @@ bodies, `_jv_f` for a statement and its first expression at once). A `Tracer`
 provides the hooks (`Tracer.hooks()`), numbers events 1, 2, 3, ... in program order
 (`seq`), renders values and hands events to a sink in batches. The engine adds its
 own events (prints, Book calls, checkpoints, ...) with `Tracer.event`, in the same
-numbering.
+numbering; `Tracer.engine_event` records one whose value cannot change (a Book call's
+scalar arguments or result) unrendered, like the hooks' deferred values.
 
 The hooks are the hottest code of a traced run, so the work is split by what can wait:
 
@@ -618,6 +619,14 @@ def _new_event(fields: tuple[Any, ...]) -> TraceEvent:
 SiteRow = tuple[str, int, int, int, int, str]
 """A site as a batch reads it: (kind, line, col, end_line, end_col, text)."""
 
+EngineRow = tuple[str, int, int, int, int, str, Any, "float | None"]
+"""An engine event whose value is rendered when it is read (`Tracer.engine_event`):
+(kind, line, col, end_line, end_col, expr, value, duration_ms); its seq is its place
+in the batch."""
+
+_NO_VALUE: Final[Any] = object()
+"""The value of an event without one."""
+
 
 class EventBatch(Sequence[TraceEvent]):
     """Consecutive events, stored as columns; a `TraceEvent` is built when read.
@@ -638,7 +647,7 @@ class EventBatch(Sequence[TraceEvent]):
         sites: list[int],
         values: list[Any],
         rendered: tuple[list[str], dict[int, str]] | None,
-        extra: list[TraceEvent],
+        extra: list[TraceEvent | EngineRow],
         renderer: Renderer,
     ) -> None:
         self.execution_id = execution_id
@@ -670,7 +679,10 @@ class EventBatch(Sequence[TraceEvent]):
     def _event(self, index: int) -> TraceEvent:
         k = self._sites[index]
         if k < 0:
-            return self._extra[-1 - k]
+            entry = self._extra[-1 - k]
+            if isinstance(entry, TraceEvent):
+                return entry
+            return self._engine_event(entry, self._first + index)
         kind, line, col, end_line, end_col, text = self._table[k]
         seq = self._first + index
         if kind == "stmt" or self._texts is None:
@@ -683,6 +695,13 @@ class EventBatch(Sequence[TraceEvent]):
             rendered = self._renderer.clip(rendered, value)
         return _new_event((self.execution_id, seq, kind, line, col, end_line, end_col, text,
                            rendered, name, None))
+
+    def _engine_event(self, entry: EngineRow, seq: int) -> TraceEvent:
+        """An engine event recorded by `Tracer.engine_event`, its value rendered now."""
+        kind, line, col, end_line, end_col, expr, value, duration_ms = entry
+        rendered, type_name = ("", "") if value is _NO_VALUE else self._renderer.render(value)
+        return _new_event((self.execution_id, seq, kind, line, col, end_line, end_col, expr,
+                           rendered, type_name, duration_ms))
 
     @overload
     def __getitem__(self, index: int) -> TraceEvent: ...
@@ -725,8 +744,6 @@ class EventSink(Protocol):
 
 
 # -- the recorder ---------------------------------------------------------------------
-
-_NO_VALUE: Final[Any] = object()
 
 _CLOSING_KINDS: Final = frozenset({"limit", "exception"})
 """Engine events that report how a run ended: recorded even past `max_events`."""
@@ -797,7 +814,7 @@ class Tracer:
         """The seq of the last event flushed."""
         self._steps = start_steps
         """Hook calls up to the last flush."""
-        self._extra: list[TraceEvent] = []
+        self._extra: list[TraceEvent | EngineRow] = []
         self._buffer: list[Any] = []
         self._marks: list[int] = []
         """Where in the buffer a value rendered by the hook (a (text, type) pair) is."""
@@ -959,21 +976,63 @@ class Tracer:
         if duration_ms is not None and not math.isfinite(duration_ms):
             duration_ms = None
         if self._ceiling is not None and self.seq >= self._ceiling:
-            if kind not in _CLOSING_KINDS:
-                self._cut_at_limit()
-            # How the run ended is reported past the limit, right after its last event.
-            self._drop_beyond(self._ceiling)
-            self._ceiling += 1
+            self._at_ceiling(kind)
         event = TraceEvent(
             self.execution_id, self.seq + 1, kind, line, col, end_line or line,
             end_col or col, expr, rendered, type_name, duration_ms,
         )
-        self._buffer.append(-1 - len(self._extra))
-        self._buffer.append(None)
-        self._extra.append(event)
-        if len(self._buffer) >= 2 * self.batch_size:
-            self.flush()
+        self._append_engine(event)
         return event
+
+    def engine_event(
+        self,
+        kind: str,
+        line: int,
+        col: int,
+        end_line: int,
+        end_col: int,
+        expr: str,
+        value: object = _NO_VALUE,
+        duration_ms: float | None = None,
+    ) -> None:
+        """`event`, for a value nothing will change: it is kept as it is and rendered
+        only when a sink reads the event (often never: a sink that drops events, a
+        trace level that keeps none). The engine's own events on the hot path (a Book
+        call's start and end) come this way when their values are immutable, or
+        containers only the engine holds.
+        """
+        if kind not in EVENT_KINDS:
+            raise ValueError(f"unknown trace event kind {kind!r}")
+        if duration_ms is not None and not math.isfinite(duration_ms):
+            duration_ms = None
+        buffer = self._buffer
+        if self._ceiling is not None and self._seq + len(buffer) // 2 >= self._ceiling:
+            self._at_ceiling(kind)
+        # `_append_engine`, inline: this runs twice per Book call.
+        extra = self._extra
+        buffer.append(-1 - len(extra))
+        buffer.append(None)
+        extra.append((kind, line, col, end_line or line, end_col or col, expr, value,
+                      duration_ms))
+        if len(buffer) >= 2 * self.batch_size:
+            self.flush()
+
+    def _at_ceiling(self, kind: str) -> None:
+        """An engine event of `kind` comes when the trace holds `max_events` events."""
+        assert self._ceiling is not None
+        if kind not in _CLOSING_KINDS:
+            self._cut_at_limit()
+        # How the run ended is reported past the limit, right after its last event.
+        self._drop_beyond(self._ceiling)
+        self._ceiling += 1
+
+    def _append_engine(self, entry: TraceEvent | EngineRow) -> None:
+        buffer = self._buffer
+        buffer.append(-1 - len(self._extra))
+        buffer.append(None)
+        self._extra.append(entry)
+        if len(buffer) >= 2 * self.batch_size:
+            self.flush()
 
     # -- batches ------------------------------------------------------------------
 

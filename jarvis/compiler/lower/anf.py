@@ -124,7 +124,10 @@ class FunctionLowering:
         if cached is not None:
             return cached
         found = key in self.context.sites
-        if not found:
+        if not found and isinstance(node, ast.FunctionDef):
+            # A `def` left here runs natively: only its defaults are evaluated here.
+            found = any(self.has(d) for d in [*node.args.defaults, *node.args.kw_defaults])
+        elif not found:
             for child in child_nodes(node):
                 if isinstance(child, (ast.FunctionDef, ast.Lambda)):
                     found = any(self.has(d) for d in [*child.args.defaults,
@@ -693,8 +696,7 @@ class FunctionLowering:
             collected = [ast.Starred(value=ast.Call(func=packer, args=args, keywords=keywords),
                                      ctx=ast.Load())]
         else:
-            collected = [ast.Tuple(elts=args, ctx=ast.Load()),
-                         ast.Call(func=name("_jv_kw"), args=[], keywords=keywords)]
+            collected = [ast.Tuple(elts=args, ctx=ast.Load()), _keyword_dict(keywords)]
         effect = ast.Tuple(elts=[const(kind), target, *collected, const(site)], ctx=ast.Load())
         return self.builder.suspend(ast.copy_location(effect, node))
 
@@ -951,3 +953,13 @@ def _native_returns(statement: ast.stmt) -> ast.stmt:
     result = _NativeReturns().visit(statement)
     assert isinstance(result, ast.stmt)
     return result
+
+
+def _keyword_dict(keywords: list[ast.keyword]) -> ast.expr:
+    """The dict of a suspending call's keyword arguments: a literal when they are all
+    named (Python refuses a name given twice when it compiles the call), else
+    `_jv_kw(...)`, which checks `**` operands as the call would."""
+    if all(keyword.arg is not None for keyword in keywords):
+        return ast.Dict(keys=[const(keyword.arg) for keyword in keywords],
+                        values=[keyword.value for keyword in keywords])
+    return ast.Call(func=name("_jv_kw"), args=[], keywords=keywords)

@@ -68,7 +68,17 @@ class LoweredProgram:
     problems: list[tuple[str, str, ast.AST]] = field(default_factory=list)
 
 
-class _BookImports(FastTransformer):
+class _StatementTransformer(FastTransformer):
+    """A transformer of statements only: it does not enter expressions, where no
+    statement (an import, a `def`) can be."""
+
+    def generic_visit(self, node: ast.AST) -> ast.AST:
+        if isinstance(node, ast.expr):
+            return node
+        return super().generic_visit(node)
+
+
+class _BookImports(_StatementTransformer):
     def visit_ImportFrom(self, node: ast.ImportFrom) -> ast.AST | list[ast.stmt]:
         if node.module != BOOKS_MODULE:
             return node
@@ -82,6 +92,20 @@ class _BookImports(FastTransformer):
         ]
 
 
+def _anything_to_hoist(scopes: ScopeTable, info: SuspensionInfo) -> bool:
+    """Whether the hoisting pass has work (or a problem to report): a lambda that may
+    suspend, or a comprehension that holds a suspension point. Without one, it would
+    walk the whole tree to change nothing."""
+    for scope in scopes.module.function_scopes():
+        node = scope.node
+        if isinstance(node, ast.Lambda):
+            if id(node) in info.resumable:
+                return True
+        elif not isinstance(node, (ast.Module, ast.FunctionDef)) and id(node) in info.contains:
+            return True
+    return False
+
+
 def _box(name_: str) -> str:
     return f"_jv_b_{name_}"
 
@@ -93,6 +117,8 @@ class _Boxes:
         self.scopes = scopes
         self.info = info
         self.boxed: set[tuple[int, str]] = set()
+        self._tree: ast.Module | None = None
+        self._names: dict[int, str] | None = None
 
     def resumable(self, scope: Scope) -> bool:
         return id(scope.node) in self.info.resumable
@@ -119,10 +145,15 @@ class _Boxes:
                 self.boxed.add((scope_id, variable))
 
     def _name_of(self, node_id: int) -> str:
+        if self._names is None:  # only a program with closures asks
+            assert self._tree is not None
+            self._names = {id(n): n.id for n in walk(self._tree) if isinstance(n, ast.Name)}
         return self._names[node_id]
 
     def index_names(self, tree: ast.Module) -> None:
-        self._names = {id(n): n.id for n in walk(tree) if isinstance(n, ast.Name)}
+        """Name the Name nodes of `tree` (by their ids) when `decide` needs them."""
+        self._tree = tree
+        self._names = None
 
 
 class _BoxRewriter(FastTransformer):
@@ -207,12 +238,17 @@ def lower_program(tree: ast.Module, *, copy: bool = True) -> LoweredProgram:
     problems: list[tuple[str, str, ast.AST]] = []
     display: dict[str, str] = {}
     analysed = False  # whether `scopes` and `info` describe the tree as it is
+    rewritten = False  # whether a pass before `_Defs` changed the tree
     for _ in range(10):
         scopes = analyse_scopes(tree)
         info = analyse_suspension(tree, scopes)
+        if not _anything_to_hoist(scopes, info):
+            analysed = True  # the common case: no lambda or comprehension suspends
+            break
         result = hoist(tree, info, counter)
         problems.extend(result.problems)
         display.update(result.display_names)
+        rewritten = rewritten or result.changed
         if not result.changed:
             analysed = True  # nothing was hoisted: the analysis still holds
             break
@@ -220,10 +256,13 @@ def lower_program(tree: ast.Module, *, copy: bool = True) -> LoweredProgram:
         # What cannot be hoisted cannot be lowered; report it and stop here.
         empty = ast.Module(body=[], type_ignores=[])
         return LoweredProgram(empty, {}, [], problems)
-    if has_generator_expressions(tree):
+    if (any(isinstance(scope.node, ast.GeneratorExp)
+            for scope in scopes.module.function_scopes())
+            if analysed else has_generator_expressions(tree)):
         # Generator expressions that may outlive their statement become picklable.
         scopes = analyse_scopes(tree)
-        lazy_generators(tree, scopes, analyse_suspension(tree, scopes), set(books))
+        rewritten = lazy_generators(tree, scopes, analyse_suspension(tree, scopes),
+                                    set(books)) or rewritten
         analysed = False
     if not analysed:
         scopes = analyse_scopes(tree)
@@ -248,9 +287,15 @@ def lower_program(tree: ast.Module, *, copy: bool = True) -> LoweredProgram:
         id(scope.node): scope for scope in scopes.module.function_scopes()
         if isinstance(scope.node, ast.FunctionDef)
     }
-    tree = _BoxRewriter(scopes, boxes.boxed).visit(tree)
+    if boxes.boxed:
+        tree = _BoxRewriter(scopes, boxes.boxed).visit(tree)
+        rewritten = True
+    if rewritten:
+        # Before `_Defs` takes the bodies of resumable functions out of the tree.
+        fix_missing_locations(tree)
+    # The Book imports (top-level statements, which stay in the tree) get their
+    # positions with the nodes `_Defs` makes.
     tree = _BookImports().visit(tree)
-    fix_missing_locations(tree)
 
     jobs: list[_DefJob] = []
     functions: dict[int, FunctionInfo] = {}
@@ -270,11 +315,14 @@ def lower_program(tree: ast.Module, *, copy: bool = True) -> LoweredProgram:
     def scope_boxes(scope: Scope) -> list[str]:
         return sorted(v for (sid, v) in boxes.boxed if sid == id(scope.node))
 
-    class _Defs(FastTransformer):
+    class _Defs(_StatementTransformer):
         """Resumable defs become `_jv_mkfn(...)`; boxed names get their cells."""
+
+        changes = 0  # `def`s this pass rewrote or gave cells to, so far
 
         def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.AST | list[ast.stmt]:
             scope = def_scopes[id(node)]
+            changes_before = self.changes
             self.generic_visit(node)
             own_boxes = scope_boxes(scope)
             params = set(scope.params)
@@ -292,9 +340,18 @@ def lower_program(tree: ast.Module, *, copy: bool = True) -> LoweredProgram:
                     targets=[ast.Attribute(value=name(_box(node.name)), attr="value",
                                            ctx=ast.Store())],
                     value=name(node.name)))
+            if inits or after:
+                self.changes += 1
             if id(node) not in info.resumable:
                 node.body = [*inits, *node.body]
+                if self.changes == changes_before and not any(
+                        d is not None and id(d) in info.contains
+                        for d in [*node.args.defaults, *node.args.kw_defaults]):
+                    # As parsed (with positions everywhere), and left so: nothing
+                    # below it was rewritten, and its defaults do not suspend.
+                    native.add(id(node))
                 return [node, *after] if after else node
+            self.changes += 1
             fid = next(fids)
             free = sorted(scope.free)
             cells = tuple(_box(v) for v in free)
@@ -318,6 +375,7 @@ def lower_program(tree: ast.Module, *, copy: bool = True) -> LoweredProgram:
                 ast.Assign(targets=[name(node.name, store=True)], value=maker), node)
             return [statement, *after]
 
+    native: set[int] = set()  # the `def`s that stay native, untouched by the lowering
     tree = _Defs().visit(tree)
     fix_missing_locations(tree)
 
@@ -353,7 +411,7 @@ def lower_program(tree: ast.Module, *, copy: bool = True) -> LoweredProgram:
         out.append(_binder(job))
 
     module = ast.Module(body=out, type_ignores=[])
-    fix_missing_locations(module)
+    fix_missing_locations(module, frozenset(native))
     functions[0] = FunctionInfo(0, "<module>", "<module>", ())
     return LoweredProgram(module, functions, context.site_table, problems)
 
