@@ -21,7 +21,7 @@ class Config:
     event, full size would write 3 GB and take minutes per round."""
     monty: bool = True
     out_dir: Path = Path("docs")
-    sections: tuple[str, ...] = ("cpu", "books", "durability", "compile", "worker")
+    sections: tuple[str, ...] = ("cpu", "books", "channel", "durability", "compile", "worker")
     page_only: bool = False
     started: float = field(default_factory=time.perf_counter)
 

@@ -19,13 +19,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import book_calls, compile_cost, cpu, durability, worker
+from bench import book_calls, channel, compile_cost, cpu, durability, worker
 from bench.baselines import MontyPool, MontyUnavailable
 from bench.config import Config
 from bench.environment import ROOT, describe, load_average
 from bench.report import DEFAULT_INTRO, MARKER, markdown, targets, targets_json
 
-SECTIONS = ("cpu", "books", "durability", "compile", "worker")
+SECTIONS = ("cpu", "books", "channel", "durability", "compile", "worker")
 
 
 def parse(argv: Sequence[str] | None) -> Config:
@@ -73,6 +73,8 @@ def run(config: Config, command: str) -> dict[str, Any]:
             results["cpu"] = cpu.measure(config, monty)
         if "books" in config.sections:
             results["books"] = book_calls.measure(config, monty)
+        if "channel" in config.sections:
+            results["channel"] = channel.measure(config)
         if "durability" in config.sections:
             results["durability"] = durability.measure(config, monty)
         if "compile" in config.sections:

@@ -1,0 +1,164 @@
+"""The channel rows: what running a program in its own child process costs.
+
+An isolated execution (the way `jarvis run` and the worker run every program) runs
+the program in a child forked by the zygote; every Book call and every trace batch
+crosses the channel to the host, which performs it (docs/architecture.md). In the same
+rounds, the same durable Execution runs in this process (`in_process`) and isolated
+(`isolated`):
+
+- Book calls: `book_loop.spy`, 10k calls of an in-process Book at full size, trace
+  off, journal on (fsync off), snapshots at the default policy. Channel cost per call
+  = (isolated - in_process) / calls, round by round.
+- Trace events: `arith.spy` at trace=full into a counting null sink, at a size that
+  gives about 100k events at full scale. Channel cost per event
+  = (isolated - in_process) / events.
+
+The isolated figure includes one child's fork, confinement and exit, spread over the
+calls or events of the run; the fixed part is shown by the `trivial` row (a program
+with one output), measured the same way.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.config import Config
+from bench.engine import book_registry, compiled
+from bench.timing import Cell, Stats, rounds
+from bench.workloads import BOOK_LOOP, BOOK_SOURCE, CPU_WORKLOADS
+from jarvis.compiler.compiled import CompiledProgram
+from jarvis.runtime.books import BookRegistry
+from jarvis.runtime.execution import Execution
+from jarvis.runtime.isolation import ChildPool
+from jarvis.runtime.sinks import NullSink
+from jarvis.runtime.trace import TraceEvent
+from jarvis.settings import load_settings
+
+TRACE_ITERATIONS = 20_000
+"""arith.spy iterations for the trace rows at full scale (5 events per iteration)."""
+
+
+class CountingSink(NullSink):
+    """A null sink that counts the events it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events = 0
+
+    def deliver(self, events: Sequence[TraceEvent]) -> None:
+        self.events += len(events)
+        super().deliver(events)
+
+
+def _execute(program: CompiledProgram, inputs: dict[str, Any], books: BookRegistry,
+             pool: ChildPool | None, sink: CountingSink) -> float:
+    state = Path(tempfile.mkdtemp(prefix="jarvis-bench-channel-"))
+    try:
+        settings = load_settings(state_dir=state, journal_fsync=False)
+        execution = Execution(program, execution_id="channel", inputs=inputs, books=books,
+                              settings=settings, sink=sink, isolation=pool)
+        started = time.perf_counter()
+        outcome = execution.run()
+        seconds = time.perf_counter() - started
+        if outcome.status != "completed":
+            raise RuntimeError(f"the channel benchmark's program ended {outcome.status}: "
+                               f"{outcome.error}")
+        return seconds
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def _per_unit(cell: Stats, base: Stats, units: int) -> Stats:
+    """µs per unit of `cell` beyond `base`, paired round by round."""
+    return Stats(tuple((a - b) / units * 1e6 for a, b in zip(cell.runs, base.runs,
+                                                             strict=True)))
+
+
+def measure(config: Config) -> dict[str, Any]:
+    base = Path(tempfile.mkdtemp(prefix="jarvis-bench-channel-books-"))
+    pool = ChildPool(size=1)
+    try:
+        registry = book_registry(base, BOOK_SOURCE)
+        calls = config.size(BOOK_LOOP.full_size)
+        book_program = compiled(BOOK_LOOP.source, BOOK_LOOP.file, "off")
+        arith = next(w for w in CPU_WORKLOADS if w.name == "arith")
+        iterations = config.size(TRACE_ITERATIONS)
+        trace_program = compiled(arith.source, arith.file, "full")
+        trivial = compiled("output('ok', 1)\n", "trivial.spy", "off")
+        counted: dict[str, int] = {}
+
+        def cell(program: CompiledProgram, inputs: dict[str, Any], isolated: bool,
+                 key: str) -> Cell:
+            def run() -> float:
+                sink = CountingSink()
+                seconds = _execute(program, inputs, registry, pool if isolated else None,
+                                   sink)
+                counted[key] = sink.events
+                return seconds
+            return run
+
+        cells: dict[str, Cell] = {
+            "trivial_in_process": cell(trivial, {}, False, "trivial"),
+            "trivial_isolated": cell(trivial, {}, True, "trivial_isolated"),
+            "books_in_process": cell(book_program, {"n": calls}, False, "books"),
+            "books_isolated": cell(book_program, {"n": calls}, True, "books_isolated"),
+            "trace_in_process": cell(trace_program, {"n": iterations}, False, "trace"),
+            "trace_isolated": cell(trace_program, {"n": iterations}, True,
+                                   "trace_isolated"),
+        }
+        config.say(f"channel ({calls} Book calls, arith n={iterations} at trace=full): "
+                   f"{', '.join(cells)}")
+        stats = rounds(cells, config.repeats, config.warmup)
+        if counted["trace"] != counted["trace_isolated"]:
+            raise RuntimeError(f"the isolated run delivered {counted['trace_isolated']} "
+                               f"events, the in-process run {counted['trace']}")
+        events = counted["trace"]
+        return {
+            "calls": calls,
+            "events": events,
+            "cells": {name: s.to_json() for name, s in stats.items()},
+            "trivial_overhead_ms": Stats(tuple(
+                (a - b) * 1e3 for a, b in zip(stats["trivial_isolated"].runs,
+                                              stats["trivial_in_process"].runs,
+                                              strict=True))).to_json(),
+            "per_call_us": _per_unit(stats["books_isolated"], stats["books_in_process"],
+                                     calls).to_json(),
+            "per_event_us": _per_unit(stats["trace_isolated"], stats["trace_in_process"],
+                                      events).to_json(),
+        }
+    finally:
+        pool.close()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def section(channel: dict[str, Any]) -> str:
+    """The report's section on the channel's cost."""
+    from bench.report import _table as table  # bench.report imports this module
+    from bench.report import micros, millis, spread
+
+    cells = channel["cells"]
+    rows = [
+        ["trivial program (`output('ok', 1)`)", spread(cells["trivial_in_process"]),
+         spread(cells["trivial_isolated"]),
+         f"{millis(channel['trivial_overhead_ms']['median'])} per execution"],
+        [f"{channel['calls']:,} Book calls (in-process Book, trace off)",
+         spread(cells["books_in_process"]), spread(cells["books_isolated"]),
+         f"{micros(channel['per_call_us']['median'])} per call"],
+        [f"arith at trace=full, {channel['events']:,} events",
+         spread(cells["trace_in_process"]), spread(cells["trace_isolated"]),
+         f"{micros(channel['per_event_us']['median'])} per event"],
+    ]
+    return (
+        "## Isolation: the channel to the child\n\n"
+        "The same durable Execution run in this process and in a child forked by the "
+        "zygote (confined: resource limits and seccomp), where every Book call and "
+        "trace batch crosses the channel to the host (`bench/channel.py`). The cost "
+        "per call or event is the difference of the two, round by round, divided by "
+        "the calls or events; it includes the child's start, spread over the run.\n\n"
+        + table(["program", "in process", "isolated", "channel cost"], rows)
+    )
