@@ -12,6 +12,9 @@ delivered in the Tracer's batches, so a traced program costs one request per bat
 per event, and a batch is sent ahead (`send_ahead`): the child goes on running (and
 fills the next batch) while the host delivers this one, and reads the answer before it
 sends anything else (`settle`), so an error still reaches it, one batch later at most.
+A journal record is sent ahead too, and a Book call that follows it is sent right
+behind it (`send_behind`): the host appends the record, then performs the call, and the
+child reads both answers, so a call costs one round trip, not two.
 """
 
 from __future__ import annotations
@@ -47,12 +50,7 @@ class Channel:
         so that what follows a request is sent only once it succeeded."""
         if self._unanswered:
             self.settle()
-        data = json.dumps(header, separators=(",", ":"), ensure_ascii=False,
-                          allow_nan=False).encode("utf-8")
-        try:
-            self.sock.sendall(_LENGTHS.pack(len(data), len(blob)) + data + blob)
-        except (BrokenPipeError, ConnectionResetError) as exc:
-            raise ChannelClosed(str(exc)) from exc
+        self.send_behind(header, blob)
 
     def receive(self) -> tuple[dict[str, Any], bytes]:
         prefix = self._read(_LENGTHS.size)
@@ -73,6 +71,21 @@ class Channel:
         `send`) reads; at most one is outstanding."""
         self.send(header, blob)
         self._unanswered += 1
+
+    def send_behind(self, header: dict[str, Any], blob: bytes = b"") -> None:
+        """Send a request right behind the requests sent ahead, without reading their
+        answers first; the caller reads them (`settle`) before the answer to this one.
+
+        Only for a request the host may perform once those are done: the host performs
+        requests in order, and ends the run (killing the child) at a refused journal
+        append, so a Book call sent behind the journal record of the effect before it
+        is never performed unless that record was written."""
+        data = json.dumps(header, separators=(",", ":"), ensure_ascii=False,
+                          allow_nan=False).encode("utf-8")
+        try:
+            self.sock.sendall(_LENGTHS.pack(len(data), len(blob)) + data + blob)
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise ChannelClosed(str(exc)) from exc
 
     def settle(self) -> None:
         """Read the answers of the requests sent ahead; an `error` answer raises."""

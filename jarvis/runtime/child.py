@@ -65,7 +65,8 @@ class ChannelJournal:
         return self.first + len(self.records)
 
     def append(self, payload: bytes) -> int:
-        self.channel.request({"op": "journal"}, payload)
+        # Sent ahead: the answer is read before the next request's (see the channel).
+        self.channel.send_ahead({"op": "journal"}, payload)
         self.records.append(payload)
         return self.count - 1
 
@@ -111,8 +112,11 @@ class ChannelBook:
 
     def call(self, procedure: str, args: list[Any], kwargs: dict[str, Any],
              idempotency_key: str) -> Any:
-        self.channel.send({"op": "book", "book": self.name, "procedure": procedure,
-                           "args": args, "kwargs": kwargs, "key": idempotency_key})
+        # Behind the journal record of the effect before it, if that was sent ahead:
+        # the host writes the record, then makes the call (one round trip for both).
+        self.channel.send_behind({"op": "book", "book": self.name, "procedure": procedure,
+                                  "args": args, "kwargs": kwargs, "key": idempotency_key})
+        self.channel.settle()
         answer, _ = self.channel.receive()
         if "book_error" in answer:
             failure = answer["book_error"]
