@@ -73,3 +73,52 @@ def test_a_refused_trace_batch_fails_the_run_in_the_child(tmp_path: Path, good: 
     assert outcome.status == "failed", outcome
     assert error_type_name(outcome.error) == "RuntimeError"
     assert "refused the batch" in str(outcome.error)
+
+
+class LeaseLostBook:
+    """Records its calls; during the second one the execution's lease is lost."""
+
+    name = "svc"
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+        self.lease_lost = False
+
+    def call(self, procedure: str, args: list[Any], kwargs: dict[str, Any],
+             idempotency_key: str) -> Any:
+        self.keys.append(idempotency_key)
+        if len(self.keys) == 2:
+            self.lease_lost = True
+        return len(self.keys)
+
+
+def test_a_book_call_sent_behind_a_refused_journal_record_is_never_made(
+        tmp_path: Path) -> None:
+    # The child sends each journal record ahead and the next Book call right behind
+    # it; the host must append the record before it makes the call, and make no call
+    # at all once an append was refused.
+    source = ("from books import svc\n"
+              "total = 0\n"
+              "for i in range(5):\n"
+              "    total = total + svc.charge(i)\n"
+              "output('total', total)\n")
+    program = Compilation.of(source, "prog.spy").program("off")
+    book = LeaseLostBook()
+
+    def guard() -> None:
+        if book.lease_lost:
+            raise RuntimeError("the lease on this execution was lost; refusing to write")
+
+    pool = ChildPool(size=1)
+    try:
+        settings = load_settings(state_dir=tmp_path / "state", journal_fsync=False)
+        execution = Execution(program, execution_id="fenced", inputs={},
+                              books=BookRegistry({"svc": book}), settings=settings,
+                              sink=MemorySink(), isolation=pool, guard=guard)
+        # The refusal ends the run, and the host leaves the status to the new owner.
+        with pytest.raises(RuntimeError, match="refusing to write"):
+            execution.run()
+    finally:
+        pool.close()
+    # Call 2's record was refused: call 3, already on its way behind it, was not made.
+    assert book.keys == ["fenced:1", "fenced:2"]
