@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from logged_books import CallLog, LoggedCall, logged_registry
+from virtual_clock import VirtualClock
 
 from jarvis.compiler.compiled import CompiledProgram
 from jarvis.runtime import child
@@ -104,21 +105,6 @@ class Ending:
     calls: list[LoggedCall]
     report: dict[str, Any]  # the ResumeReport of the driver that finished it
     snapshots: list[int]  # after which effect each snapshot was stored, by any driver
-
-
-class VirtualClock:
-    """The clock of a driver that runs the program itself: a sleep moves it forward at
-    once. Every driver starts it at the same time; a resumed sleep still ends when the
-    journal says, since the Machine waits until the `until` it recorded."""
-
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def wait(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class DriverForkedChild(Child):

@@ -28,7 +28,6 @@ from test_lowering_differential import (
     Run,
     SnapshotKeeper,
     StubTracer,
-    VirtualClock,
     assert_same,
     compile_program,
     error_of,
@@ -37,6 +36,7 @@ from test_lowering_differential import (
 )
 from test_restrict import compile_program as compile_with_proofs
 from test_restrict import run_program
+from virtual_clock import VirtualClock
 
 from jarvis.compiler import Compilation
 from jarvis.runtime.effects_log import MemoryEffects

@@ -23,6 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from spygen import spy_programs, write_book_registry
+from virtual_clock import VirtualClock
 
 from jarvis.compiler import Compilation
 from jarvis.compiler.compiled import CompiledProgram
@@ -117,19 +118,6 @@ class StubTracer:
 
     def restore(self, state: dict[str, int]) -> None:
         self.seq, self.steps = state["seq"], state["steps"]
-
-
-class VirtualClock:
-    """The Machine's clock and wait: sleeping advances time without waiting."""
-
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def wait(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class PrintingMachine(Machine):

@@ -18,6 +18,7 @@ from types import CodeType
 from typing import Any
 
 import pytest
+from virtual_clock import VirtualClock
 
 from jarvis.compiler import Compilation, phases
 from jarvis.compiler.compiled import CompiledProgram
@@ -283,17 +284,6 @@ class PrintingMachine(Machine):
     def print(self, text: str) -> None:
         self.printed.append(text)
         super().print(text)
-
-
-class VirtualClock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def wait(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def compile_program(source: str, path: str, static_proofs: bool,

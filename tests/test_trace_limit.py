@@ -16,9 +16,9 @@ from test_lowering_differential import (
     SPEC_REGISTRY,
     EventList,
     SnapshotKeeper,
-    VirtualClock,
     compile_program,
 )
+from virtual_clock import VirtualClock
 
 from jarvis.cli.main import main as jarvis_main
 from jarvis.compiler import Compilation
