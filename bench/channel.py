@@ -22,22 +22,18 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from bench.config import Config
-from bench.engine import book_registry, compiled
+from bench.engine import book_registry, compiled, run_execution
 from bench.timing import Cell, Stats, rounds
 from bench.workloads import BOOK_LOOP, BOOK_SOURCE, CPU_WORKLOADS
 from jarvis.compiler.compiled import CompiledProgram
-from jarvis.runtime.books import BookRegistry
-from jarvis.runtime.execution import Execution
 from jarvis.runtime.isolation import ChildPool
 from jarvis.runtime.sinks import NullSink
 from jarvis.runtime.trace import TraceEvent
-from jarvis.settings import load_settings
 
 TRACE_ITERATIONS = 20_000
 """arith.spy iterations for the trace rows at full scale (5 events per iteration)."""
@@ -53,24 +49,6 @@ class CountingSink(NullSink):
     def deliver(self, events: Sequence[TraceEvent]) -> None:
         self.events += len(events)
         super().deliver(events)
-
-
-def _execute(program: CompiledProgram, inputs: dict[str, Any], books: BookRegistry,
-             pool: ChildPool | None, sink: CountingSink) -> float:
-    state = Path(tempfile.mkdtemp(prefix="jarvis-bench-channel-"))
-    try:
-        settings = load_settings(state_dir=state, journal_fsync=False)
-        execution = Execution(program, execution_id="channel", inputs=inputs, books=books,
-                              settings=settings, sink=sink, isolation=pool)
-        started = time.perf_counter()
-        outcome = execution.run()
-        seconds = time.perf_counter() - started
-        if outcome.status != "completed":
-            raise RuntimeError(f"the channel benchmark's program ended {outcome.status}: "
-                               f"{outcome.error}")
-        return seconds
-    finally:
-        shutil.rmtree(state, ignore_errors=True)
 
 
 def _per_unit(cell: Stats, base: Stats, units: int) -> Stats:
@@ -96,8 +74,8 @@ def measure(config: Config) -> dict[str, Any]:
                  key: str) -> Cell:
             def run() -> float:
                 sink = CountingSink()
-                seconds = _execute(program, inputs, registry, pool if isolated else None,
-                                   sink)
+                seconds = run_execution(program, inputs, registry, fsync=False, sink=sink,
+                                        isolation=pool if isolated else None).seconds
                 counted[key] = sink.events
                 return seconds
             return run

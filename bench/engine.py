@@ -28,6 +28,7 @@ from jarvis.compiler.trace import TraceLevel
 from jarvis.runtime.books import BookRegistry
 from jarvis.runtime.effects_log import MemoryEffects
 from jarvis.runtime.execution import Execution
+from jarvis.runtime.isolation import ChildPool
 from jarvis.runtime.machine import Machine, Outcome
 from jarvis.runtime.sinks import JsonlSink, NullSink, Sink
 from jarvis.runtime.trace import Tracer
@@ -104,15 +105,17 @@ def http_registry(base: Path, url: str) -> BookRegistry:
 def run_execution(program: CompiledProgram, inputs: Mapping[str, Any], books: BookRegistry,
                   *, fsync: bool, snapshot_every_effects: int = 100,
                   expected: Mapping[str, Any] | None = None,
-                  stop: Callable[[], bool] = lambda: False) -> Run:
-    """A fresh durable execution (journal file, snapshots) under a temporary state dir."""
+                  stop: Callable[[], bool] = lambda: False,
+                  sink: Sink | None = None, isolation: ChildPool | None = None) -> Run:
+    """A fresh durable execution (journal file, snapshots) under a temporary state dir;
+    in a child of `isolation` if given, as `jarvis run` and the worker run programs."""
     state = Path(tempfile.mkdtemp(prefix="jarvis-bench-state-"))
     try:
         settings = load_settings(state_dir=state, journal_fsync=fsync,
                                  snapshot_every_effects=snapshot_every_effects)
         execution = Execution(program, execution_id="bench", inputs=dict(inputs),
-                              books=books, settings=settings, sink=NullSink(),
-                              stop_requested=stop)
+                              books=books, settings=settings, sink=sink or NullSink(),
+                              stop_requested=stop, isolation=isolation)
         started = time.perf_counter()
         outcome = execution.run()
         seconds = time.perf_counter() - started

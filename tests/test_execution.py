@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from virtual_clock import VirtualClock
 
 from jarvis.compiler import Compilation
 from jarvis.runtime.books import BookRegistry
@@ -45,17 +46,6 @@ output("n", n)
 """
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def wait(self, seconds: float) -> None:
-        self.now += seconds
-
-
 @pytest.fixture
 def books(tmp_path: Path) -> Path:
     (tmp_path / "counter.py").write_text(BOOK)
@@ -78,7 +68,7 @@ def execute(
     program = Compilation.of(source, "loop.spy").program(trace)  # type: ignore[arg-type]
     registry = BookRegistry.load(books)
     sink = MemorySink()
-    clock = Clock()
+    clock = VirtualClock()
     holder: dict[str, Execution] = {}
 
     def stop() -> bool:

@@ -78,6 +78,12 @@ def assert_each_call_made_once(book: BookServer, ids: list[str],
             assert again == [], made
 
 
+def started_on(cluster: WorkerCluster, worker: str) -> set[str]:
+    """The executions `worker` has sent a `started` event for so far."""
+    return {e["execution_id"] for e in cluster.status_log.all()
+            if e["status"] == "started" and e["worker"] == worker}
+
+
 def test_a_killed_workers_executions_finish_on_the_other(
         cluster_factory: Any, book: BookServer) -> None:
     cluster: WorkerCluster = cluster_factory(
@@ -89,15 +95,13 @@ def test_a_killed_workers_executions_finish_on_the_other(
     ids = start_all(cluster, 6, "kill")
 
     def a_is_mid_run() -> bool:
-        started = [e["execution_id"] for e in cluster.status_log.all()
-                   if e["status"] == "started" and e["worker"] == "a"]
+        started = started_on(cluster, "a")
         calls = calls_by_execution(book)
         return any(2 <= sum(calls.get(x, Counter()).values()) < STEPS - 2 for x in started)
 
     wait_until(a_is_mid_run, 30, "worker a made Book calls for an execution")
     a.kill()
-    on_a = {e["execution_id"] for e in cluster.status_log.all()
-            if e["status"] == "started" and e["worker"] == "a"}
+    on_a = started_on(cluster, "a")
     endings = cluster.wait_for_endings(ids, timeout=60)
 
     for execution_id in ids:
@@ -124,16 +128,14 @@ def test_a_frozen_worker_is_fenced_off_when_it_wakes(
     ids = start_all(cluster, 6, "freeze")
 
     def a_runs() -> set[str]:
-        started = {e["execution_id"] for e in cluster.status_log.all()
-                   if e["status"] == "started" and e["worker"] == "a"}
+        started = started_on(cluster, "a")
         calls = calls_by_execution(book)
         return {x for x in started if 2 <= sum(calls.get(x, Counter()).values()) < STEPS - 2}
 
     wait_until(a_runs, 30, "worker a made Book calls for an execution")
     a.signal(signal.SIGSTOP)
     frozen = a_runs()
-    on_a = {e["execution_id"] for e in cluster.status_log.all()
-            if e["status"] == "started" and e["worker"] == "a"}
+    on_a = started_on(cluster, "a")
     try:
         endings = cluster.wait_for_endings(ids, timeout=60)
         for execution_id in ids:
