@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import Any, Protocol
 
 from jarvis.compiler.compiled import CompiledProgram
 from jarvis.compiler.lower.blocks import ARTIFACT, BOOK, CALL, CHECKPOINT, RETURN, SLEEP
@@ -46,6 +46,7 @@ from jarvis.runtime.guards import SandboxViolation
 from jarvis.runtime.interrupt import Deadline, Stopped
 from jarvis.runtime.locate import ErrorLocation, locate, mark_origin
 from jarvis.runtime.namespace import Namespace
+from jarvis.runtime.trace import DEFERRED_TYPES
 
 
 class TimeLimitExceeded(LimitExceeded):
@@ -367,25 +368,22 @@ class Machine:
         else:
             outcome = (0, result)
         self.resume = outcome
-        # `_snapshot_due`, its common answer inline: no snapshot until enough effects.
-        if self.snapshots is not None and (
-            kind == CHECKPOINT
-            or self.effect_count - self.snapshot_effects >= self.policy.every_effects
-            or self.clock() - self.snapshot_time >= self.policy.every_seconds
-        ) and self._snapshot_due(kind):
+        if self._snapshot_due(kind):
             self.take_snapshot()
         if self.waiting_until is not None:
             self.wait_until(self.waiting_until, snapshot_on_stop=True)
         return outcome
 
     def _snapshot_due(self, kind: int) -> bool:
-        if self.snapshots is None or self.effect_count < self.effects.count:
+        """Whether the policy wants a snapshot after this effect (never while replaying).
+        The common answer, not yet, comes from the cheapest tests."""
+        if self.snapshots is None or not (
+            kind == CHECKPOINT
+            or self.effect_count - self.snapshot_effects >= self.policy.every_effects
+            or self.clock() - self.snapshot_time >= self.policy.every_seconds
+        ):
             return False
-        if kind == CHECKPOINT:
-            return True
-        if self.effect_count - self.snapshot_effects >= self.policy.every_effects:
-            return True
-        return self.clock() - self.snapshot_time >= self.policy.every_seconds
+        return self.effect_count >= self.effects.count
 
     # -- effects (the Effects interface of the builtins) ----------------------------
 
@@ -423,7 +421,7 @@ class Machine:
         call_text = f"{book}.{procedure}"
         tracer = self.tracer
         arguments = {"args": args, "kwargs": kwargs}
-        if kinds <= _IMMUTABLE:
+        if kinds <= DEFERRED_TYPES:
             # Nothing in them can change: rendered only if a sink reads the event.
             tracer.engine_event("book_start", line, col, end_line, end_col, call_text,
                                 arguments)
@@ -460,7 +458,7 @@ class Machine:
             tracer.engine_event("book_end", line, col, end_line, end_col, call_text,
                                 {"error": record["err"]}, duration_ms)
             raise failure
-        if type(value) in _IMMUTABLE:
+        if type(value) in DEFERRED_TYPES:
             tracer.engine_event("book_end", line, col, end_line, end_col, call_text, value,
                                 duration_ms)
         else:  # the program gets this value and may change it: rendered now
@@ -603,8 +601,6 @@ def limit_of(error: BaseException) -> LimitExceeded | None:
     return None
 
 
-_IMMUTABLE: Final = frozenset({int, float, str, bool, type(None)})
-"""Values a trace event may keep unrendered: nothing can change them."""
 
 
 def _position(site: Any) -> tuple[int, int, int, int]:
