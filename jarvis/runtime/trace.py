@@ -1005,17 +1005,10 @@ class Tracer:
             raise ValueError(f"unknown trace event kind {kind!r}")
         if duration_ms is not None and not math.isfinite(duration_ms):
             duration_ms = None
-        buffer = self._buffer
-        if self._ceiling is not None and self._seq + len(buffer) // 2 >= self._ceiling:
+        if self._ceiling is not None and self.seq >= self._ceiling:
             self._at_ceiling(kind)
-        # `_append_engine`, inline: this runs twice per Book call.
-        extra = self._extra
-        buffer.append(-1 - len(extra))
-        buffer.append(None)
-        extra.append((kind, line, col, end_line or line, end_col or col, expr, value,
-                      duration_ms))
-        if len(buffer) >= 2 * self.batch_size:
-            self.flush()
+        self._append_engine((kind, line, col, end_line or line, end_col or col, expr, value,
+                             duration_ms))
 
     def _at_ceiling(self, kind: str) -> None:
         """An engine event of `kind` comes when the trace holds `max_events` events."""
