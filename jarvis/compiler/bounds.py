@@ -75,8 +75,31 @@ def _rewrite(node: ast.AST) -> ast.AST:
     return node
 
 
-def bound_operations(tree: ast.Module) -> ast.Module:
-    """A copy of `tree` with size-checked `**`, `<<` and `*` (one pass: the copy is
-    rewritten as it is made; every node made here takes the position of the node it
-    replaces, so the tree needs no `fix_missing_locations`)."""
-    return copy_tree(tree, _rewrite)
+def bound_operations(tree: ast.Module, *, copy: bool = True) -> ast.Module:
+    """`tree` with size-checked `**`, `<<` and `*`: a copy (one pass, the copy rewritten
+    as it is made), or with `copy=False` the tree itself, rewritten in place (for a
+    tree no one else will read). Every node made here takes the position of the node it
+    replaces, so the tree needs no `fix_missing_locations`."""
+    if copy:
+        return copy_tree(tree, _rewrite)
+    stack: list[ast.AST] = [tree]
+    while stack:
+        node = stack.pop()
+        fields = node.__dict__
+        for name in node._fields:
+            value = fields.get(name)
+            if type(value) is list:
+                for index, item in enumerate(value):
+                    if isinstance(item, ast.AST) and item._fields:
+                        kind = type(item)
+                        if kind is ast.BinOp or kind is ast.AugAssign:
+                            item = value[index] = _rewrite(item)
+                        stack.append(item)
+            elif isinstance(value, ast.AST) and value._fields:
+                # (Nodes without fields, contexts and operators, hold nothing to bound.)
+                kind = type(value)
+                if kind is ast.BinOp or kind is ast.AugAssign:
+                    value = _rewrite(value)
+                    setattr(node, name, value)
+                stack.append(value)
+    return tree

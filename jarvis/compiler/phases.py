@@ -10,7 +10,8 @@ lowers it into step functions (compiler/lower/) and compiles it into a
 `CompiledProgram`, cached by the program's digest and trace level. The cache is looked
 up before anything else: a new `Compilation` of a text already compiled parses nothing.
 At trace level `off` the program is the lowering that `diagnostics` already made (the
-front end's checks need it), so a cold compile lowers the program once.
+front end's checks need it), so a cold compile lowers the program once, and it lowers
+the parsed tree itself, not a copy (`tree` parses again if it is asked for later).
 
 A phase that finds problems records diagnostics; later phases that need a clean
 program raise `CompileError` carrying them.
@@ -41,6 +42,7 @@ from jarvis.compiler.restrict import restrict, restricted_compile
 from jarvis.compiler.source import Source, load_source
 from jarvis.compiler.syntax import parse
 from jarvis.compiler.trace import Site, TraceLevel, instrument
+from jarvis.compiler.trees import copy_tree
 from jarvis.compiler.validate import book_imports, validate
 
 COMPILER_VERSION = f"jarvis {__version__} spy{LANGUAGE_VERSION}"
@@ -101,7 +103,11 @@ class Compilation:
 
     @cached_property
     def tree(self) -> ast.Module | None:
-        """Phase 1: the parsed tree, or None when the source did not parse."""
+        """Phase 1: the parsed tree, or None when the source did not parse.
+
+        The lowering (phase 3, which `ok` and `program` run) takes this tree over and
+        rewrites it; asked for afterwards, the tree is parsed again. So take it after
+        those, or keep a copy."""
         if self.source is None:
             return None
         parsed = parse(self.source)
@@ -124,10 +130,23 @@ class Compilation:
     @cached_property
     def lowered(self) -> LoweredProgram | None:
         """Phase 3: the program as step functions, untraced, its arithmetic bounded
-        (compiler/bounds.py): what runs at trace level `off`. None on diagnostics."""
+        (compiler/bounds.py): what runs at trace level `off`. None on diagnostics.
+
+        The lowering rewrites the parsed tree in place rather than a copy of it (a
+        copy costs more than parsing again): the Compilation forgets the tree, and
+        `tree` parses the source again if it is asked for later."""
         if self.analysis.diagnostics or self.tree is None:
             return None
-        return lower_program(bound_operations(self.tree), copy=False)
+        self._books  # noqa: B018 - read from the tree before the lowering consumes it
+        tree = self.tree
+        del self.__dict__["tree"]
+        return lower_program(bound_operations(tree, copy=False), copy=False)
+
+    @cached_property
+    def _books(self) -> tuple[str, ...]:
+        """The Books the program imports, sorted."""
+        tree = self.tree
+        return () if tree is None else tuple(sorted(set(book_imports(tree).values())))
 
     @cached_property
     def _key(self) -> str | None:
@@ -191,17 +210,22 @@ class Compilation:
             return self._compile(source, digest, trace)
 
     def _compile(self, source: Source, digest: str, trace: TraceLevel) -> CompiledProgram:
-        if not self.ok or self.tree is None:
+        if not self.ok:
             raise CompileError(list(self.diagnostics))
         trace_sites: tuple[Site, ...] = ()
+        books = self._books
         if trace == "off" and self.lowered is not None:
             lowered = self.lowered
             # The program owns the lowered module from here (the restriction pass
             # rewrites it in place): the Compilation forgets it.
             self.__dict__.pop("lowered", None)
         else:
-            instrumented, trace_sites = instrument(self.tree, source, trace)
-            lowered = lower_program(bound_operations(instrumented), copy=False)
+            tree = self.tree
+            assert tree is not None  # it compiled without diagnostics
+            instrumented, trace_sites = instrument(tree, source, trace)
+            if instrumented is tree:  # trace level `off`: no copy was made
+                instrumented = copy_tree(tree)
+            lowered = lower_program(bound_operations(instrumented, copy=False), copy=False)
         if lowered.problems:
             # The untraced program lowered cleanly (self.ok), so this is the trace level
             # interacting with a lowering rule: say so rather than run an empty program.
@@ -225,7 +249,7 @@ class Compilation:
             functions=lowered.functions,
             suspension_sites=sites,
             trace_sites=trace_sites,
-            books=tuple(sorted(set(book_imports(self.tree).values()))),
+            books=books,
         )
         _remember(_PROGRAM_CACHE, digest, program, _PROGRAM_CACHE_SIZE)
         return program
@@ -256,5 +280,6 @@ def _python_text(source: Source, trace: TraceLevel) -> str:
     tree = parse(source)
     assert isinstance(tree, ast.Module)  # it compiled before
     instrumented, _ = instrument(tree, source, trace)
-    lowered = lower_program(bound_operations(instrumented), copy=False)
+    # A tree of its own (parsed here, or the instrumented copy): bounded in place.
+    lowered = lower_program(bound_operations(instrumented, copy=False), copy=False)
     return unparse(restrict(lowered.module))

@@ -21,7 +21,7 @@ from jarvis.compiler.language import (
     RUNTIME_BUILTINS,
 )
 from jarvis.compiler.source import Source
-from jarvis.compiler.trees import child_nodes, walk
+from jarvis.compiler.trees import child_nodes
 from jarvis.compiler.validate import binding_position, book_imports
 
 MAX_SPELLING_HINTS = 20
@@ -81,6 +81,21 @@ class Scope:
 
 _COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
 
+_SPECIAL_NODES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, *_COMPREHENSIONS,
+                  ast.ImportFrom, ast.Assign, ast.AugAssign, ast.For, ast.AsyncFor,
+                  ast.ExceptHandler, ast.Name, ast.ClassDef, ast.Import, ast.pattern)
+"""The nodes `_Resolver.visit` handles itself; it walks through all others."""
+
+_SPECIAL: dict[type, bool] = {}
+
+
+def _special(kind: type) -> bool:
+    try:
+        return _SPECIAL[kind]
+    except KeyError:
+        special = _SPECIAL[kind] = issubclass(kind, _SPECIAL_NODES)
+        return special
+
 
 class _Resolver:
     def __init__(self, source: Source, tree: ast.Module) -> None:
@@ -89,12 +104,9 @@ class _Resolver:
         # Book imports seen so far in the walk: local name to Book name.
         self.imported: dict[str, str] = {}
         # Each `X.attr(...)` call, by the id of its Attribute node: how a Book name
-        # learns that it is being called rather than used as a value.
-        self.call_of = {
-            id(node.func): node
-            for node in walk(tree)
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-        }
+        # learns that it is being called rather than used as a value. The walk meets
+        # a call before the names inside it, and adds it here.
+        self.called: set[int] = set()
         self.diagnostics: list[Diagnostic] = []
         self.calls: list[BookCall] = []
         self.scopes: list[Scope] = []
@@ -179,6 +191,16 @@ class _Resolver:
     # -- walking ------------------------------------------------------------------
 
     def visit(self, node: ast.AST, scope: Scope, parent: ast.AST | None) -> None:
+        if isinstance(node, ast.Name):
+            self.visit_name(node, scope, parent)
+            return
+        if not _special(type(node)):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                self.called.add(id(node.func))
+            for child in child_nodes(node):
+                if child._fields:  # not a context, an operator, `pass` ...: nothing to resolve
+                    self.visit(child, scope, node)
+            return
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             # `async def` is refused by the validator; resolving it like `def` keeps its
             # parameters from being reported as undefined names too.
@@ -277,7 +299,7 @@ class _Resolver:
                 self.bind(node.id, scope, node)
             return
         if node.id in self.books:
-            if isinstance(parent, ast.Attribute) and id(parent) in self.call_of:
+            if isinstance(parent, ast.Attribute) and id(parent) in self.called:
                 self.calls.append(
                     BookCall(
                         self.books[node.id],

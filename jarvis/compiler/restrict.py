@@ -1,8 +1,11 @@
-"""Restrict: the generated Python compiled through RestrictedPython with our policy.
+"""Restrict: the generated Python checked and guarded by our policy, then compiled.
 
 The last compiler phase. The lowered module (step functions, binders, hoisted
-comprehensions; see `jarvis.compiler.lower`) goes through RestrictedPython's
-transformer with `RestrictionPolicy`, then through CPython's `compile()`:
+comprehensions; see `jarvis.compiler.lower`) goes through the restriction policy, then
+straight (as a tree) through CPython's `compile()`. With static proofs on, as for every
+program, the policy is one walk of our own (`policy.check_proven`); with them off, it
+is RestrictedPython's transformer with `RestrictionPolicy`, which guards every access.
+Both apply the same rules:
 
 - Names: the compiler's own names start with `_jv_` and are allowed; any other name
   starting with `_` is refused. The validator refused such names in the program
@@ -20,7 +23,7 @@ transformer with `RestrictionPolicy`, then through CPython's `compile()`:
   goes through them type by type). The proofs:
 
   (a) an attribute read whose name is in `language.ATTRIBUTES` needs no guard, nor
-      do the compiler's own attributes on its own objects (`_INTERNAL_ATTRIBUTES`);
+      do the compiler's own attributes on its own objects (`policy.INTERNAL_ATTRIBUTES`);
   (b) item reads and iteration of program values need no guard;
   (c) item assignment and deletion (`_write_`), in-place operators (`_inplacevar_`)
       and unpacking need no guard either, for the same reason as (b).
@@ -42,7 +45,6 @@ from __future__ import annotations
 
 import ast
 import copy
-import re
 import warnings
 from types import CodeType
 from typing import Any
@@ -54,43 +56,24 @@ from RestrictedPython.transformer import (
 )
 
 from jarvis.compiler.language import ATTRIBUTES
-from jarvis.compiler.trees import dispatch, transform_children
-
-INTERNAL_PREFIX = "_jv_"
-"""Every name the compiler makes starts with it; no program name can (SPY201)."""
-
-_INTERNAL_ATTRIBUTES: tuple[tuple[re.Pattern[str], frozenset[str]], ...] = (
-    # The Frame a step function runs: its program counter and saved locals.
-    (re.compile(r"_jv_F\Z"), frozenset({"pc", "locals"})),
-    # A Cell holding a variable that a frame shares with its closures: the defining
-    # function reads `.value`, the closures `.free` (they differ in the error raised
-    # when the variable is unbound).
-    (re.compile(r"_jv_b_\w+\Z"), frozenset({"value", "free"})),
-    # A step function's table of exception handlers (a dict: pc -> handler pc).
-    (re.compile(r"_jv_H_\d+\Z"), frozenset({"get"})),
-    # The list or set a hoisted comprehension builds.
-    (re.compile(r"_jv_acc\Z"), frozenset({"append", "add"})),
+from jarvis.compiler.policy import (
+    INTERNAL_CONTAINERS,
+    INTERNAL_PREFIX,
+    RestrictionError,
+    attribute_problem,
+    check_proven,
+    internal_attributes,
+    name_problem,
 )
-"""The attributes the generated code reads and writes on the compiler's own objects,
-by the name the object has in the generated code. Any other attribute of these objects
-is refused as a compiler bug. Temporaries such as `_jv_r1` hold program values and get
-no exemption."""
+from jarvis.compiler.trees import dispatch, fix_missing_locations, transform_children
 
-_INTERNAL_CONTAINERS = frozenset({
-    "_jv_D",  # the saved locals of a frame, read on entry to a step function
-    "_jv_books",  # the execution's Book proxies by name, read by `from books import`
-    "_jv_acc",  # the dict a hoisted dict comprehension builds
-})
-"""The compiler's own dicts, whose items the generated code reads and writes."""
+__all__ = ["INTERNAL_PREFIX", "RestrictionError", "RestrictionPolicy", "UnpackSpec",
+           "restrict", "restrict_with_restrictedpython", "restricted_compile", "unpack_spec"]
 
 UnpackSpec = tuple[int, bool, tuple[tuple[int, Any], ...]]
 """How a tuple or list target unpacks, a constant of the code the unpack guards read:
 the number of plain targets, whether one is starred, and for each nested target its
 index (negative when it follows the starred one) and its own spec."""
-
-
-class RestrictionError(Exception):
-    """The generated code broke the restriction policy: a compiler bug, not a program's."""
 
 
 def _call(function: str, args: list[ast.expr], like: ast.AST) -> ast.Call:
@@ -106,18 +89,8 @@ def _spec_constant(target: ast.Tuple | ast.List) -> ast.Constant:
     return ast.Constant(spec)
 
 
-def _internal_attributes(node: ast.Attribute) -> frozenset[str] | None:
-    """The attributes of the compiler's object `node` is read from; None if it is none."""
-    base = node.value
-    if isinstance(base, ast.Name):
-        for pattern, names in _INTERNAL_ATTRIBUTES:
-            if pattern.match(base.id):
-                return names
-    return None
-
-
 def _internal_container(node: ast.expr) -> bool:
-    return isinstance(node, ast.Name) and node.id in _INTERNAL_CONTAINERS
+    return isinstance(node, ast.Name) and node.id in INTERNAL_CONTAINERS
 
 
 def unpack_spec(target: ast.Tuple | ast.List) -> UnpackSpec:
@@ -175,10 +148,9 @@ class RestrictionPolicy(RestrictingNodeTransformer):
         # collector and Zope's conventions) and `*__roles__` (Zope's security
         # declarations); SPy's `print` is a runtime builtin and the rest mean nothing
         # here. Program names were checked by the validator and the resolver already.
-        if name is None or name.startswith(INTERNAL_PREFIX):
-            return
-        if name.startswith("_"):
-            self.error(node, f"name {name!r} starts with '_' but is not the compiler's")
+        problem = name_problem(name)
+        if problem is not None:
+            self.error(node, problem)
 
     def visit_Name(self, node: ast.Name) -> ast.AST:
         self.check_name(node, node.id)
@@ -192,13 +164,11 @@ class RestrictionPolicy(RestrictingNodeTransformer):
             self.error(node, f"attribute {name!r} is not accessible")
             return node
         node = self.node_contents_visit(node)
-        internal = _internal_attributes(node)
-        if internal is not None:
-            if name not in internal:
-                self.error(node, f"attribute {name!r} is not one the compiler's objects have")
+        problem = attribute_problem(node)
+        if problem is not None:
+            self.error(node, problem)
             return node
-        if not isinstance(node.ctx, ast.Load):
-            self.error(node, f"assignment to attribute {name!r} of a program value")
+        if internal_attributes(node) is not None:
             return node
         if self.static_proofs and name in ATTRIBUTES:
             return node  # proof (a)
@@ -302,8 +272,22 @@ class RestrictionPolicy(RestrictingNodeTransformer):
 def restrict(module: ast.Module, *, static_proofs: bool = True) -> ast.Module:
     """`module` restricted, in place (copying the tree would cost several times the rewrite).
 
-    Raises RestrictionError if the policy refuses the code.
+    With static proofs (every program compile), one walk of our own applies the policy
+    (`policy.check_proven`); without them, RestrictedPython's transformer with
+    `RestrictionPolicy` guards every access. Raises RestrictionError if the policy
+    refuses the code.
     """
+    if static_proofs:
+        return check_proven(module)  # places the lowering's nodes as it walks
+    return restrict_with_restrictedpython(module, static_proofs=False)
+
+
+def restrict_with_restrictedpython(module: ast.Module, *,
+                                   static_proofs: bool = True) -> ast.Module:
+    """`module` through RestrictedPython's transformer with `RestrictionPolicy`, in
+    place: the guarded mode, and the reference the one-walk pass is tested against.
+    The nodes the lowering made are placed first."""
+    fix_missing_locations(module)
     errors: list[str] = []
     policy = RestrictionPolicy(errors, [], {}, static_proofs=static_proofs)
     restricted = policy.visit(module)

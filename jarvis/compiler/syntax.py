@@ -150,17 +150,45 @@ def _syntax_hint(reason: str) -> str:
 
 
 def _too_deep(tree: ast.AST) -> ast.AST | None:
-    """The first node deeper than MAX_DEPTH, found without recursion; None if none.
+    """The first node deeper than MAX_DEPTH, right to left, depth first; None if none.
 
     A node without a position (a context such as `Load`, an operator) stands for the
     nearest enclosing node that has one, so the diagnostic points into the program.
+    The walk recurses, but never below MAX_DEPTH, so it cannot exhaust the stack.
     """
-    stack: list[tuple[ast.AST, int, ast.AST]] = [(tree, 0, tree)]
-    while stack:
-        node, depth, placed = stack.pop()
-        if hasattr(node, "lineno"):
-            placed = node
+    return _deepest(tree, 0, tree)
+
+
+_PLACED: dict[type, bool] = {}
+"""For each node class: whether its nodes have a position (`lineno`)."""
+
+
+def _deepest(node: ast.AST, depth: int, placed: ast.AST) -> ast.AST | None:
+    kind = type(node)
+    located = _PLACED.get(kind)
+    if located is None:
+        located = _PLACED[kind] = "lineno" in kind._attributes
+    if located:
+        placed = node
+    if depth >= MAX_DEPTH:
         if depth > MAX_DEPTH:
             return placed
-        stack.extend((child, depth + 1, placed) for child in child_nodes(node))
+        # The children, if any, are too deep: the last of them is found first.
+        children = child_nodes(node)
+        return _deepest(children[-1], depth + 1, placed) if children else None
+    fields = node.__dict__
+    below = depth + 1
+    for name in reversed(kind._fields):
+        value = fields.get(name)
+        if type(value) is list:
+            for item in reversed(value):
+                if isinstance(item, ast.AST) and item._fields:
+                    found = _deepest(item, below, placed)
+                    if found is not None:
+                        return found
+        elif isinstance(value, ast.AST) and value._fields:
+            # A child without fields (`Load`, `Add`, `Pass`) has nothing below it.
+            found = _deepest(value, below, placed)
+            if found is not None:
+                return found
     return None

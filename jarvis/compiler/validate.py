@@ -13,7 +13,8 @@ from __future__ import annotations
 import ast
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from jarvis.compiler.diagnostics import Diagnostic
 from jarvis.compiler.language import (
@@ -24,7 +25,6 @@ from jarvis.compiler.language import (
 )
 from jarvis.compiler.source import Source
 from jarvis.compiler.syntax import compile_errors
-from jarvis.compiler.trees import child_nodes
 
 ALLOWED_NODES: frozenset[type[ast.AST]] = frozenset({
     # module and statements
@@ -103,19 +103,32 @@ class _Validator:
 
     def walk(self, node: ast.AST, parent: ast.AST | None) -> None:
         kind = type(node)
-        if isinstance(node, ast.pattern):
-            return  # `case` patterns bind and compare; the `match` is reported already
-        if kind not in ALLOWED_NODES and not isinstance(node, _PARTS_OF_REFUSED):
-            code, message = _REFUSED_NODE_CODES.get(
-                kind, ("SPY119", f"`{kind.__name__}` is not part of SPy")
-            )
-            # Operators carry no position; report them at their parent expression.
-            self.report(code, message, node if hasattr(node, "lineno") else parent or node)
-        check = getattr(self, f"check_{kind.__name__}", None)
+        if kind not in ALLOWED_NODES:
+            if isinstance(node, ast.pattern):
+                return  # `case` patterns bind and compare; the `match` is reported already
+            if not isinstance(node, _PARTS_OF_REFUSED):
+                code, message = _REFUSED_NODE_CODES.get(
+                    kind, ("SPY119", f"`{kind.__name__}` is not part of SPy")
+                )
+                # Operators carry no position; report them at their parent expression.
+                self.report(code, message, node if hasattr(node, "lineno") else parent or node)
+        check = _check_of(kind)
         if check is not None:
-            check(node, parent)
-        for child in _children(node):
-            self.walk(child, node)
+            check(self, node, parent)
+        skipped = _SKIPPED_FIELDS.get(kind)
+        fields = node.__dict__
+        for name in kind._fields:
+            if skipped is not None and name in skipped:
+                continue
+            value = fields.get(name)
+            if type(value) is list:
+                for item in value:
+                    if isinstance(item, ast.AST) and (item._fields
+                                                      or type(item) not in _LEAVES):
+                        self.walk(item, node)
+            elif isinstance(value, ast.AST) and (value._fields or type(value) not in _LEAVES):
+                # A context, an allowed operator or `pass`: nothing to check or enter.
+                self.walk(value, node)
 
     # -- statements ---------------------------------------------------------------
 
@@ -314,29 +327,29 @@ def _all_args(node: ast.arguments) -> Iterator[ast.arg]:
         yield node.kwarg
 
 
+_CHECKS: dict[type, Callable[[_Validator, Any, ast.AST | None], None] | None] = {}
+
+
+def _check_of(kind: type) -> Callable[[_Validator, Any, ast.AST | None], None] | None:
+    """The validator's `check_<class>` method for nodes of `kind`, if it has one."""
+    try:
+        return _CHECKS[kind]
+    except KeyError:
+        check = _CHECKS[kind] = getattr(_Validator, f"check_{kind.__name__}", None)
+        return check
+
+
+_LEAVES: frozenset[type[ast.AST]] = frozenset(
+    kind for kind in ALLOWED_NODES if not kind._fields and _check_of(kind) is None)
+"""Allowed nodes with no fields and no check (contexts, operators, `pass`, `break`)."""
+
+
 _SKIPPED_FIELDS: dict[type[ast.AST], frozenset[str]] = {
     # Reported by the parent's check; walking them would report their insides too.
     ast.FunctionDef: frozenset({"decorator_list", "returns"}),
     ast.AsyncFunctionDef: frozenset({"decorator_list", "returns"}),
     ast.arg: frozenset({"annotation"}),
 }
-
-
-def _children(node: ast.AST) -> Iterator[ast.AST] | list[ast.AST]:
-    skipped = _SKIPPED_FIELDS.get(type(node))
-    if skipped is None:
-        return child_nodes(node)
-    return _children_but(node, skipped)
-
-
-def _children_but(node: ast.AST, skipped: frozenset[str]) -> Iterator[ast.AST]:
-    for name, value in ast.iter_fields(node):
-        if name in skipped:
-            continue
-        if isinstance(value, ast.AST):
-            yield value
-        elif isinstance(value, list):
-            yield from (item for item in value if isinstance(item, ast.AST))
 
 
 def book_imports(tree: ast.Module) -> dict[str, str]:

@@ -948,11 +948,26 @@ class _NativeReturns(FastTransformer):
 def _native_returns(statement: ast.stmt) -> ast.stmt:
     if isinstance(statement, ast.FunctionDef):
         return statement
-    if not any(isinstance(n, ast.Return) for n in walk(statement)):
+    if not _returns_here(statement):
         return statement
     result = _NativeReturns().visit(statement)
     assert isinstance(result, ast.stmt)
     return result
+
+
+def _returns_here(statement: ast.stmt) -> bool:
+    """Whether `statement` holds a `return` of its own function: a walk of statements
+    only (no expression holds one), not entering nested `def`s."""
+    stack: list[ast.AST] = [statement]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.Return):
+            return True
+        if isinstance(node, ast.FunctionDef):
+            continue
+        for block in ("body", "orelse", "finalbody", "handlers"):
+            stack.extend(getattr(node, block, ()))
+    return False
 
 
 def _keyword_dict(keywords: list[ast.keyword]) -> ast.expr:

@@ -43,7 +43,6 @@ from jarvis.compiler.trees import (
     child_nodes,
     copy_tree,
     fix_missing_locations,
-    walk,
 )
 from jarvis.compiler.validate import book_imports
 
@@ -60,7 +59,11 @@ class FunctionInfo:
 
 @dataclass
 class LoweredProgram:
-    """The lowered module and its tables."""
+    """The lowered module and its tables.
+
+    The nodes the lowering makes have no source positions yet: the restriction pass
+    (`restrict.restrict`), which walks the whole module anyway, gives each the
+    position of its nearest placed ancestor."""
 
     module: ast.Module
     functions: dict[int, FunctionInfo]
@@ -78,18 +81,35 @@ class _StatementTransformer(FastTransformer):
         return super().generic_visit(node)
 
 
-class _BookImports(_StatementTransformer):
-    def visit_ImportFrom(self, node: ast.ImportFrom) -> ast.AST | list[ast.stmt]:
-        if node.module != BOOKS_MODULE:
-            return node
-        return [
-            ast.copy_location(ast.Assign(
+def _lower_book_imports(tree: ast.Module) -> None:
+    """`from books import crm as c` becomes `c = _jv_books['crm']`, in place, every new
+    node at the import's position (the validator keeps Book imports at the top level)."""
+    if not any(isinstance(statement, ast.ImportFrom) for statement in tree.body):
+        return
+    body: list[ast.stmt] = []
+    for statement in tree.body:
+        if not (isinstance(statement, ast.ImportFrom) and statement.module == BOOKS_MODULE):
+            body.append(statement)
+            continue
+        for alias in statement.names:
+            lookup = ast.Assign(
                 targets=[name(alias.asname or alias.name, store=True)],
                 value=ast.Subscript(value=name("_jv_books"), slice=const(alias.name),
                                     ctx=ast.Load()),
-            ), node)
-            for alias in node.names
-        ]
+            )
+            body.append(_placed(lookup, statement))
+    tree.body = body
+
+
+_BLOCK_FIELDS = ("body", "orelse", "finalbody")
+_ORIGIN = ast.Pass(lineno=1, col_offset=0, end_lineno=1, end_col_offset=0)
+"""Where a node placed at the top level of a module stands: its first line."""
+
+
+def _placed(statement: ast.stmt, like: ast.AST) -> ast.stmt:
+    """`statement`, made here, with the position of `like` wherever it has none."""
+    ast.copy_location(statement, like)
+    return fix_missing_locations(statement)
 
 
 def _anything_to_hoist(scopes: ScopeTable, info: SuspensionInfo) -> bool:
@@ -117,8 +137,6 @@ class _Boxes:
         self.scopes = scopes
         self.info = info
         self.boxed: set[tuple[int, str]] = set()
-        self._tree: ast.Module | None = None
-        self._names: dict[int, str] | None = None
 
     def resumable(self, scope: Scope) -> bool:
         return id(scope.node) in self.info.resumable
@@ -127,11 +145,15 @@ class _Boxes:
         capturers: dict[tuple[int, str], list[Scope]] = {}
         # For each Name resolving to an outer scope, every scope between its home and
         # the defining scope captures that variable.
+        home = self.scopes.home
+        names = self.scopes.names
         for node_id, defining in self.scopes.resolution.items():
             if defining is None:
                 continue
-            walker: Scope | None = self.scopes.home[node_id]
-            variable = self._name_of(node_id)
+            walker: Scope | None = home[node_id]
+            if walker is defining:
+                continue  # a local of its own scope: nothing captures it
+            variable = names[node_id]
             while walker is not None and walker is not defining:
                 capturers.setdefault((id(defining.node), variable), []).append(walker)
                 walker = walker.parent
@@ -143,17 +165,6 @@ class _Boxes:
                 self.resumable(s) for s in functions
             ):
                 self.boxed.add((scope_id, variable))
-
-    def _name_of(self, node_id: int) -> str:
-        if self._names is None:  # only a program with closures asks
-            assert self._tree is not None
-            self._names = {id(n): n.id for n in walk(self._tree) if isinstance(n, ast.Name)}
-        return self._names[node_id]
-
-    def index_names(self, tree: ast.Module) -> None:
-        """Name the Name nodes of `tree` (by their ids) when `decide` needs them."""
-        self._tree = tree
-        self._names = None
 
 
 class _BoxRewriter(FastTransformer):
@@ -279,7 +290,6 @@ def lower_program(tree: ast.Module, *, copy: bool = True) -> LoweredProgram:
     if problems:
         return LoweredProgram(ast.Module(body=[], type_ignores=[]), {}, [], problems)
     boxes = _Boxes(scopes, info)
-    boxes.index_names(tree)
     boxes.decide()
 
     # Remember what each def is before the rewrite replaces nodes.
@@ -293,9 +303,7 @@ def lower_program(tree: ast.Module, *, copy: bool = True) -> LoweredProgram:
     if rewritten:
         # Before `_Defs` takes the bodies of resumable functions out of the tree.
         fix_missing_locations(tree)
-    # The Book imports (top-level statements, which stay in the tree) get their
-    # positions with the nodes `_Defs` makes.
-    tree = _BookImports().visit(tree)
+    _lower_book_imports(tree)
 
     jobs: list[_DefJob] = []
     functions: dict[int, FunctionInfo] = {}
@@ -316,14 +324,34 @@ def lower_program(tree: ast.Module, *, copy: bool = True) -> LoweredProgram:
         return sorted(v for (sid, v) in boxes.boxed if sid == id(scope.node))
 
     class _Defs(_StatementTransformer):
-        """Resumable defs become `_jv_mkfn(...)`; boxed names get their cells."""
+        """Resumable defs become `_jv_mkfn(...)`; boxed names get their cells.
 
-        changes = 0  # `def`s this pass rewrote or gave cells to, so far
+        The statements made here are placed once the pass is done, each where the
+        node that holds it stands, but only those left in the tree: the ones in the
+        body of a resumable function are placed with the code its lowering makes."""
+
+        def __init__(self) -> None:
+            # For each function being visited (the module first): the statements made
+            # in it so far, each with the node whose position it takes.
+            self.unplaced: list[list[tuple[ast.stmt, ast.AST]]] = [[]]
+
+        def generic_visit(self, node: ast.AST) -> ast.AST:
+            node = super().generic_visit(node)
+            if isinstance(node, (ast.stmt, ast.excepthandler, ast.Module)):
+                # A statement a nested def left here (storing it in its cell) stands
+                # where the statement that holds it does (the module's start at the top).
+                like = _ORIGIN if isinstance(node, ast.Module) else node
+                for block in _BLOCK_FIELDS:
+                    for statement in getattr(node, block, ()):
+                        if isinstance(statement, ast.stmt) and "lineno" not in statement.__dict__:
+                            self.unplaced[-1].append((statement, like))
+            return node
 
         def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.AST | list[ast.stmt]:
             scope = def_scopes[id(node)]
-            changes_before = self.changes
+            self.unplaced.append([])
             self.generic_visit(node)
+            inner = self.unplaced.pop()
             own_boxes = scope_boxes(scope)
             params = set(scope.params)
             inits: list[ast.stmt] = [
@@ -340,18 +368,12 @@ def lower_program(tree: ast.Module, *, copy: bool = True) -> LoweredProgram:
                     targets=[ast.Attribute(value=name(_box(node.name)), attr="value",
                                            ctx=ast.Store())],
                     value=name(node.name)))
-            if inits or after:
-                self.changes += 1
             if id(node) not in info.resumable:
+                # A native def keeps its body: the cells it makes stand at the `def`.
                 node.body = [*inits, *node.body]
-                if self.changes == changes_before and not any(
-                        d is not None and id(d) in info.contains
-                        for d in [*node.args.defaults, *node.args.kw_defaults]):
-                    # As parsed (with positions everywhere), and left so: nothing
-                    # below it was rewritten, and its defaults do not suspend.
-                    native.add(id(node))
+                self.unplaced[-1] += inner
+                self.unplaced[-1] += ((init, node) for init in inits)
                 return [node, *after] if after else node
-            self.changes += 1
             fid = next(fids)
             free = sorted(scope.free)
             cells = tuple(_box(v) for v in free)
@@ -373,11 +395,13 @@ def lower_program(tree: ast.Module, *, copy: bool = True) -> LoweredProgram:
             ], keywords=[])
             statement = ast.copy_location(
                 ast.Assign(targets=[name(node.name, store=True)], value=maker), node)
+            self.unplaced[-1].append((statement, node))
             return [statement, *after]
 
-    native: set[int] = set()  # the `def`s that stay native, untouched by the lowering
-    tree = _Defs().visit(tree)
-    fix_missing_locations(tree)
+    defs = _Defs()
+    tree = defs.visit(tree)
+    for statement, like in defs.unplaced[0]:
+        _placed(statement, like)
 
     def kind_of(node: ast.Call) -> int:
         func = node.func
@@ -411,7 +435,6 @@ def lower_program(tree: ast.Module, *, copy: bool = True) -> LoweredProgram:
         out.append(_binder(job))
 
     module = ast.Module(body=out, type_ignores=[])
-    fix_missing_locations(module, frozenset(native))
     functions[0] = FunctionInfo(0, "<module>", "<module>", ())
     return LoweredProgram(module, functions, context.site_table, problems)
 
@@ -442,13 +465,62 @@ def _assigned_locals(builder: BlockBuilder, extra: list[str]) -> set[str]:
     """Names a step function binds: its parameters, cells, temporaries and variables."""
     names = set(extra)
     for statements in builder.blocks.values():
-        for statement in statements:
-            for node in _walk_same_scope(statement):
-                if isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
-                    names.add(node.id)
-                elif isinstance(node, (ast.FunctionDef, ast.ExceptHandler)) and node.name:
-                    names.add(node.name)
+        _bound_by(statements, names)
     return names
+
+
+_BINDS_NOTHING: tuple[type[ast.AST], ...] = (
+    ast.Expr, ast.Return, ast.Raise, ast.Assert, ast.Pass, ast.Break, ast.Continue, ast.Global)
+"""Statements that bind no name of their scope: SPy has no assignment expressions, so
+only a statement's targets (and a nested scope's own parts) bind names."""
+
+
+def _bound_by(statements: list[ast.stmt], names: set[str]) -> None:
+    """Add the names `statements` bind in their own scope to `names`: a walk of the
+    statements and their targets, not of every expression."""
+    stack: list[ast.AST] = list(statements)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.Assign):
+            stack.extend(node.targets)
+        elif isinstance(node, ast.Name):
+            if not isinstance(node.ctx, ast.Load):
+                names.add(node.id)
+        elif isinstance(node, (ast.Tuple, ast.List)):
+            stack.extend(node.elts)
+        elif isinstance(node, (ast.Subscript, ast.Attribute, *_BINDS_NOTHING)):
+            continue  # an item or attribute target binds no name
+        elif isinstance(node, ast.Starred):
+            stack.append(node.value)
+        elif isinstance(node, ast.AugAssign):
+            stack.append(node.target)
+        elif isinstance(node, ast.Delete):
+            stack.extend(node.targets)
+        elif isinstance(node, (ast.If, ast.While)):
+            stack.extend(node.body)
+            stack.extend(node.orelse)
+        elif isinstance(node, ast.For):
+            stack.append(node.target)
+            stack.extend(node.body)
+            stack.extend(node.orelse)
+        elif isinstance(node, ast.Try):
+            stack.extend(node.body)
+            stack.extend(node.handlers)
+            stack.extend(node.orelse)
+            stack.extend(node.finalbody)
+        elif isinstance(node, ast.ExceptHandler):
+            if node.name:
+                names.add(node.name)
+            stack.extend(node.body)
+        elif isinstance(node, ast.FunctionDef):
+            names.add(node.name)
+        else:
+            # Anything else: every Name it stores in its own scope, the slow way.
+            for inner in _walk_same_scope(node):
+                if isinstance(inner, ast.Name) and isinstance(inner.ctx, (ast.Store, ast.Del)):
+                    names.add(inner.id)
+                elif isinstance(inner, (ast.FunctionDef, ast.ExceptHandler)) and inner.name:
+                    names.add(inner.name)
 
 
 def _walk_same_scope(node: ast.AST) -> list[ast.AST]:

@@ -60,6 +60,15 @@ class ScopeTable:
     resolution: dict[int, Scope | None]
     # id(Name node) -> the scope the Name appears in.
     home: dict[int, Scope]
+    # id(Name node) -> the name it stands for.
+    names: dict[int, str] = field(default_factory=dict)
+    # Every Name node, with the scope it appears in, in the order of the walk.
+    name_nodes: list[tuple[ast.Name, Scope]] = field(default_factory=list)
+    # Every call, and every `def`, assignment, `except` handler and import (the
+    # statements that bind names), with the scope whose code runs it, in the order
+    # of the walk: what the suspension analysis looks at, found in the same walk.
+    calls: list[tuple[ast.Call, Scope]] = field(default_factory=list)
+    binders: list[tuple[ast.stmt | ast.ExceptHandler, Scope]] = field(default_factory=list)
 
     def scope_of(self, node: ast.AST) -> Scope:
         return self.by_node[id(node)]
@@ -89,6 +98,8 @@ class _Builder:
     def __init__(self) -> None:
         self.by_node: dict[int, Scope] = {}
         self.names: list[tuple[ast.Name, Scope]] = []
+        self.calls: list[tuple[ast.Call, Scope]] = []
+        self.binders: list[tuple[ast.stmt | ast.ExceptHandler, Scope]] = []
 
     def scope(self, node: ast.AST, parent: Scope | None) -> Scope:
         scope = Scope(node, parent)
@@ -98,7 +109,20 @@ class _Builder:
         return scope
 
     def visit(self, node: ast.AST, scope: Scope) -> None:
-        if isinstance(node, ast.FunctionDef):
+        if isinstance(node, ast.Name):
+            if isinstance(node.ctx, ast.Store):
+                scope.bound.add(node.id)
+            self.names.append((node, scope))
+        elif isinstance(node, ast.Call):
+            self.calls.append((node, scope))
+            for child in child_nodes(node):
+                self.visit(child, scope)
+        elif isinstance(node, ast.Assign):
+            self.binders.append((node, scope))
+            for child in child_nodes(node):
+                self.visit(child, scope)
+        elif isinstance(node, ast.FunctionDef):
+            self.binders.append((node, scope))
             scope.bound.add(node.name)
             self.defaults(node.args, scope)
             for decorator in node.decorator_list:
@@ -129,21 +153,20 @@ class _Builder:
                 self.visit(node.value, inner)
             else:
                 self.visit(node.elt, inner)
-        elif isinstance(node, ast.Name):
-            if isinstance(node.ctx, ast.Store):
-                scope.bound.add(node.id)
-            self.names.append((node, scope))
         elif isinstance(node, ast.ImportFrom):
+            self.binders.append((node, scope))
             for alias in node.names:
                 scope.bound.add(alias.asname or alias.name)
         elif isinstance(node, ast.ExceptHandler):
+            self.binders.append((node, scope))
             if node.name is not None:
                 scope.bound.add(node.name)
             for child in child_nodes(node):
                 self.visit(child, scope)
         else:
             for child in child_nodes(node):
-                self.visit(child, scope)
+                if child._fields:  # not a context or an operator, which hold nothing
+                    self.visit(child, scope)
 
     def defaults(self, args: ast.arguments, scope: Scope) -> None:
         for default in [*args.defaults, *(d for d in args.kw_defaults if d is not None)]:
@@ -158,10 +181,14 @@ def analyse_scopes(tree: ast.Module) -> ScopeTable:
         builder.visit(statement, module)
     resolution: dict[int, Scope | None] = {}
     home: dict[int, Scope] = {}
+    names: dict[int, str] = {}
     for name, scope in builder.names:
-        home[id(name)] = scope
-        resolution[id(name)] = _resolve(name.id, scope)
-    return ScopeTable(module, builder.by_node, resolution, home)
+        key = id(name)
+        home[key] = scope
+        names[key] = name.id
+        resolution[key] = _resolve(name.id, scope)
+    return ScopeTable(module, builder.by_node, resolution, home, names, builder.names,
+                      builder.calls, builder.binders)
 
 
 def _resolve(name: str, scope: Scope) -> Scope | None:

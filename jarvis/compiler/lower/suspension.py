@@ -21,8 +21,7 @@ import ast
 from dataclasses import dataclass, field
 
 from jarvis.compiler.language import BUILTINS, SUSPENDING_BUILTINS
-from jarvis.compiler.lower.scopes import COMPREHENSIONS, Scope, ScopeTable
-from jarvis.compiler.trees import child_nodes
+from jarvis.compiler.lower.scopes import Scope, ScopeTable
 from jarvis.compiler.validate import book_imports
 
 INTERNAL_PREFIX = "_jv_"
@@ -62,17 +61,17 @@ class _Analysis:
         self.direct: dict[int, bool] = {}
         self.calls: dict[int, set[int]] = {}
         self.call_callees: dict[int, list[int] | None] = {}
-        self._walked: list[tuple[ast.AST, Scope]] | None = None
 
     # -- bindings -------------------------------------------------------------------
 
     def collect_bindings(self) -> None:
-        for scope in self.scopes.module.function_scopes():
+        scopes = self.scopes
+        for scope in scopes.module.function_scopes():
             for name in scope.bound:
                 self.defs[(id(scope.node), name)] = []
         # `name = lambda ...` binds a known function just as `def name` does.
         lambda_targets: set[int] = set()
-        for node, scope in self._module_nodes():
+        for node, scope in scopes.binders:
             function: ast.FunctionDef | ast.Lambda | None = None
             key_name = ""
             if isinstance(node, ast.FunctionDef):
@@ -86,63 +85,18 @@ class _Analysis:
                 current = self.defs.get((id(scope.node), key_name))
                 if current is not None:
                     current.append(function)
-        for node, scope in self._module_nodes():
-            if id(node) in lambda_targets:
-                continue
-            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
-                self.defs[(id(scope.node), node.id)] = None
-            elif isinstance(node, ast.ExceptHandler) and node.name:
+        for name_node, scope in scopes.name_nodes:
+            if isinstance(name_node.ctx, ast.Store) and id(name_node) not in lambda_targets:
+                self.defs[(id(scope.node), name_node.id)] = None
+        for node, scope in scopes.binders:
+            if isinstance(node, ast.ExceptHandler) and node.name:
                 self.defs[(id(scope.node), node.name)] = None
             elif isinstance(node, ast.ImportFrom):
                 for alias in node.names:
                     self.defs[(id(scope.node), alias.asname or alias.name)] = None
-        for scope in self.scopes.module.function_scopes():
+        for scope in scopes.module.function_scopes():
             for param in scope.params:
                 self.defs[(id(scope.node), param)] = None
-
-    def _module_nodes(self) -> list[tuple[ast.AST, Scope]]:
-        """`_walk_with_scope` of the whole module, walked once per analysis."""
-        if self._walked is None:
-            self._walked = self._walk_with_scope(self.tree, self.scopes.module)
-        return self._walked
-
-    def _walk_with_scope(self, node: ast.AST, scope: Scope) -> list[tuple[ast.AST, Scope]]:
-        """Every node below `node` with the scope its code runs in."""
-        out: list[tuple[ast.AST, Scope]] = []
-        by_node = self.scopes.by_node
-
-        def visit(current: ast.AST, owner: Scope) -> None:
-            out.append((current, owner))
-            inner = by_node.get(id(current))
-            if inner is None or inner is owner:
-                for child in child_nodes(current):
-                    visit(child, owner)
-                return
-            if isinstance(current, (ast.FunctionDef, ast.Lambda)):
-                # Defaults are evaluated where the function is defined.
-                for default in [*current.args.defaults, *current.args.kw_defaults]:
-                    if default is not None:
-                        visit(default, owner)
-                body = current.body if isinstance(current, ast.FunctionDef) else [current.body]
-                for statement in body:
-                    visit(statement, inner)
-                return
-            assert isinstance(current, COMPREHENSIONS)
-            for index, generator in enumerate(current.generators):
-                # The first iterable is evaluated in the enclosing scope.
-                visit(generator.iter, owner if index == 0 else inner)
-                visit(generator.target, inner)
-                for condition in generator.ifs:
-                    visit(condition, inner)
-            if isinstance(current, ast.DictComp):
-                visit(current.key, inner)
-                visit(current.value, inner)
-            else:
-                visit(current.elt, inner)
-
-        for child in child_nodes(node):
-            visit(child, scope)
-        return out
 
     # -- classification -------------------------------------------------------------
 
@@ -191,11 +145,7 @@ class _Analysis:
             owners[id(owner.node)] = owner
             self.direct.setdefault(id(owner.node), False)
             self.calls.setdefault(id(owner.node), set())
-        calls: list[tuple[ast.Call, Scope]] = [
-            (node, scope)
-            for node, scope in self._module_nodes()
-            if isinstance(node, ast.Call)
-        ]
+        calls = self.scopes.calls
         for call, scope in calls:
             owner_id = id(_owner(scope).node)
             if self.is_book_call(call) or self.is_suspending_builtin(call, scope):
@@ -246,19 +196,25 @@ class _Analysis:
         """Mark every node on the path from a function body down to a suspension site."""
         sites = self.info.sites
         contains = self.info.contains
+        functions = (ast.FunctionDef, ast.Lambda)
 
         def visit(node: ast.AST) -> bool:
             found = id(node) in sites
-            for child in child_nodes(node):
-                if isinstance(child, (ast.FunctionDef, ast.Lambda)):
-                    # Only the parts evaluated here (defaults) count.
-                    for default in [*child.args.defaults, *child.args.kw_defaults]:
-                        if default is not None and visit(default):
-                            found = True
-                    visit_function(child)
-                    continue
-                if visit(child):
-                    found = True
+            fields = node.__dict__
+            for name in node._fields:
+                value = fields.get(name)
+                children = value if type(value) is list else (value,)
+                for child in children:
+                    if not isinstance(child, ast.AST) or not child._fields:
+                        continue  # a name or a constant, a context, an operator
+                    if isinstance(child, functions):
+                        # Only the parts evaluated here (defaults) count.
+                        for default in [*child.args.defaults, *child.args.kw_defaults]:
+                            if default is not None and visit(default):
+                                found = True
+                        visit_function(child)
+                    elif visit(child):
+                        found = True
             if found:
                 contains.add(id(node))
             return found
