@@ -26,10 +26,11 @@ import struct
 import zlib
 from array import array
 from collections.abc import Callable, Iterator, Sequence
-from hashlib import sha256
 from pathlib import Path
 from types import TracebackType
+from zlib import crc32
 
+from jarvis.runtime.signing import PreparedHmac
 from jarvis.runtime.statedir import (
     FILE_MODE,
     StateError,
@@ -47,6 +48,7 @@ MAX_PAYLOAD_BYTES = 256 << 20
 _HEADER_FIXED = struct.Struct(">8sHH")  # magic, version, execution id length
 _CRC = struct.Struct(">I")
 _PREFIX = struct.Struct(">II32s")  # payload length, crc32, HMAC
+_LENGTH_CRC = struct.Struct(">II")  # the start of _PREFIX
 _MAC_DOMAIN = b"jarvis journal record\x00"
 _INDEX = struct.Struct(">Q")
 _ID_LENGTH = struct.Struct(">H")
@@ -91,34 +93,14 @@ def _mac_prefix(execution_id: bytes) -> bytes:
 
 def encode_record(key: bytes, execution_id: str, index: int, payload: bytes) -> bytes:
     """Record number `index` of `execution_id`'s journal, signed with `key`."""
-    return _encode_record(_Signer(key, _mac_prefix(execution_id.encode("ascii"))), index,
-                          payload)
+    return _Signer(key, _mac_prefix(execution_id.encode("ascii"))).record(index, payload)
 
 
-_BLOCK = 64  # SHA-256's block size, which HMAC pads its key to
-_IPAD = bytes(byte ^ 0x36 for byte in range(256))
-_OPAD = bytes(byte ^ 0x5C for byte in range(256))
+class _Signer(PreparedHmac):
+    """HMAC-SHA256 of one journal's records under one key: the key's pads and the
+    journal's fixed message prefix are hashed once (see `PreparedHmac`)."""
 
-
-class _Signer:
-    """HMAC-SHA256 (RFC 2104) of one journal's records under one key.
-
-    The key's inner and outer pads and the journal's fixed message prefix are hashed
-    once; a record costs two copies of those hash states and its own bytes. The same
-    digests as `hmac.digest(key, mac_prefix + index + payload, "sha256")`, which
-    looks the digest up by name and hashes the pads again on every call, several
-    times slower for a record of a few dozen bytes.
-    """
-
-    __slots__ = ("_inner", "_outer")
-
-    def __init__(self, key: bytes, mac_prefix: bytes) -> None:
-        if len(key) > _BLOCK:
-            key = sha256(key).digest()
-        padded = key.ljust(_BLOCK, b"\0")
-        self._inner = sha256(padded.translate(_IPAD))
-        self._inner.update(mac_prefix)
-        self._outer = sha256(padded.translate(_OPAD))
+    __slots__ = ()
 
     def sign(self, index: int, payload: bytes | memoryview) -> bytes:
         inner = self._inner.copy()
@@ -128,12 +110,18 @@ class _Signer:
         outer.update(inner.digest())
         return outer.digest()
 
-
-def _encode_record(signer: _Signer, index: int, payload: bytes) -> bytes:
-    mac = signer.sign(index, payload)
-    length = _CRC.pack(len(payload))
-    crc = zlib.crc32(payload, zlib.crc32(mac, zlib.crc32(length)))
-    return _PREFIX.pack(len(payload), crc, mac) + payload
+    def record(self, index: int, payload: bytes) -> bytes:
+        """Record number `index` holding `payload`, signed: `sign` and the framing in
+        one call (an append's only Python call besides the file's)."""
+        inner = self._inner.copy()
+        inner.update(_INDEX.pack(index))
+        inner.update(payload)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        signed = outer.digest() + payload
+        length = len(payload)
+        # The crc32 covers the length field, then the HMAC and the payload.
+        return _LENGTH_CRC.pack(length, crc32(signed, crc32(_CRC.pack(length)))) + signed
 
 
 def _framing_problem(buf: _Buffer, offset: int) -> tuple[int, str | None]:
@@ -372,25 +360,27 @@ class Journal:
         if self._guard is not None:
             self._guard()
         index = self._base + len(self._offsets)
-        record = _encode_record(self._signers[0], index, bytes(payload))
+        record = self._signers[0].record(index, bytes(payload))
+        fd = self._fd
         try:
-            written = os.write(self._fd, record)
+            written = os.write(fd, record)
             if written != len(record):
-                write_all(self._fd, record[written:])
+                write_all(fd, record[written:])
             # With O_APPEND, the file offset is now just past where our record went.
-            at = os.lseek(self._fd, 0, os.SEEK_CUR)
+            at = os.lseek(fd, 0, os.SEEK_CUR)
             if self._fsync:
-                os.fsync(self._fd)
+                os.fsync(fd)
         except BaseException as exc:
             self._abandon_write(f"appending record {index} failed: {exc!r}")
             raise
-        new_end = self._end + len(record)
+        end = self._end
+        new_end = end + len(record)
         if at != new_end:
             # O_APPEND put our record at the end of whatever else was written there.
             self._broken = (f"the record ends at byte {at}, expected {new_end}: "
                             "another writer?")
             raise JournalError(f"{self.path}: {self._broken}")
-        self._offsets.append(self._end)
+        self._offsets.append(end)
         self._end = new_end
         return index
 

@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from time import perf_counter_ns
 from typing import Any, Protocol
 
 from jarvis.compiler.compiled import CompiledProgram
@@ -37,7 +38,7 @@ from jarvis.runtime.effects_log import (
     book_record,
     decode,
     encode,
-    encode_book_result,
+    encode_book_ok,
     expect,
 )
 from jarvis.runtime.errors import BookError, LimitExceeded, RuntimeSetupError
@@ -402,7 +403,9 @@ class Machine:
                   site: Any = None) -> Any:
         """A Book call, performed or replayed. `args` and `kwargs` are the caller's to
         give away: the trace may keep them as they are (the Book gets copies)."""
-        kinds = {*map(type, args), *map(type, kwargs.values())}
+        kinds = set(map(type, args))
+        if kwargs:
+            kinds.update(map(type, kwargs.values()))
         if kinds <= PLAIN_SCALARS:
             # The common case, checked and copied without walking anything.
             copied_args: list[Any] = list(args)
@@ -417,7 +420,10 @@ class Machine:
         if self.book_calls >= self.limits.max_book_calls:
             raise LimitExceeded("book_calls", f"more than {self.limits.max_book_calls} Book calls")
         self.book_calls += 1
-        line, col, end_line, end_col = _position(site)
+        if site is None:
+            line = col = end_line = end_col = 0
+        else:
+            line, col, end_line, end_col = site.line, site.col, site.end_line, site.end_col
         call_text = f"{book}.{procedure}"
         tracer = self.tracer
         arguments = {"args": args, "kwargs": kwargs}
@@ -435,23 +441,23 @@ class Machine:
             value, failure = book_outcome(record)
             duration_ms = record.get("ms")
         else:
-            started = time.perf_counter()
+            started = perf_counter_ns()
             try:
                 value = self.books.get(book).call(
                     procedure, copied_args, copied_kwargs, f"{self.execution_id}:{index + 1}")
             except BookError as exc:
                 record = book_record(book, procedure, None, exc,
-                                     (time.perf_counter() - started) * 1000)
+                                     (perf_counter_ns() - started) / 1e6)
                 self.commit(record)
                 # Raised as a replay would raise it: made from the journaled fields.
                 value, failure = book_outcome(record)
                 duration_ms = record["ms"]
             else:
-                duration_ms = (time.perf_counter() - started) * 1000
+                # Whole microseconds, in ms: what `round_ms` makes, from ints alone.
+                duration_ms = (perf_counter_ns() - started + 500) // 1000 / 1000
                 # The record `book_record` makes, encoded without being built.
-                self.effects.append(encode_book_result(book, procedure, duration_ms, value))
+                self.effects.append(encode_book_ok(book, procedure, duration_ms, value))
                 self.effect_count += 1
-                duration_ms = round(duration_ms, 3)
                 failure = None
         if failure is not None:
             # The error's fields are strings and a number, in a record nothing else holds.

@@ -15,6 +15,7 @@ Files are named `snapshot-<sequence, 12 digits>.jsnap`; the highest sequence is 
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import math
@@ -28,12 +29,14 @@ from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
+from jarvis.runtime.signing import PreparedHmac
 from jarvis.runtime.statedir import (
     DIR_MODE,
     StateError,
     check_hmac_keys,
     fsync_directory,
     validate_execution_id,
+    write_all,
     write_file_atomically,
 )
 
@@ -47,6 +50,8 @@ _MAC_SIZE = 32
 _NAME = re.compile(r"snapshot-(\d{12})\.jsnap")
 # What statedir.temp_name makes of a snapshot's name: left behind by a crash mid-write.
 _TEMP_NAME = re.compile(r"\.snapshot-\d{12}\.jsnap\.[0-9a-f]+\.tmp")
+# Made once: `json.dumps` with options makes an encoder on every call.
+_HEADER_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), allow_nan=False)
 _HEADER_FIELDS = frozenset(
     {
         "format_version",
@@ -215,9 +220,12 @@ class SnapshotStore:
         if keep < 1:
             raise ValueError(f"keep must be at least 1, got {keep}")
         self.directory = Path(directory)
+        self._dir = os.fspath(self.directory)
         self.keep = keep
         self._keys = check_hmac_keys(keys)
         self._keys_by_id = {key_id(key): key for key in reversed(self._keys)}
+        self._signing_key_id = key_id(self._keys[0])
+        self._signer = PreparedHmac(self._keys[0])
         self._guard = guard
         self._max_bytes = max_bytes
         self._fsync = fsync
@@ -225,7 +233,7 @@ class SnapshotStore:
     def sequences(self) -> list[int]:
         """The sequence numbers of the snapshot files present, oldest first."""
         try:
-            names = os.listdir(self.directory)
+            names = os.listdir(self._dir)
         except FileNotFoundError:
             return []
         found = (_NAME.fullmatch(name) for name in names)
@@ -241,9 +249,9 @@ class SnapshotStore:
         """Store a new snapshot durably, then delete all but the newest `keep`; its path.
 
         Once this returns, the snapshot survives a crash (with `fsync`; without, it
-        survives the process). A crash before that leaves the
-        previous snapshots as they were (and perhaps a temporary file the next write
-        deletes).
+        survives the process). A crash before that leaves the newest `keep - 1`
+        snapshots as they were (all of them when `keep` is 1), and perhaps a file that
+        loading passes over and a later write reuses or deletes.
         """
         header.check()
         if self._max_bytes is not None and len(payload) > self._max_bytes:
@@ -251,54 +259,101 @@ class SnapshotStore:
                 f"snapshot payload is {len(payload)} bytes; the limit is {self._max_bytes}"
             )
         self._check_guard()
-        self.directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         existing = self._scan_for_write()
         sequence = existing[-1] + 1 if existing else 1
         path = self.path_of(sequence)
         data = self._encode(payload, header, sequence)
-        write_file_atomically(path, data, fsync=self._fsync, before_publish=self._check_guard)
-        self._prune([*existing, sequence])
+        # The snapshots that this one pushes out of the newest `keep`.
+        doomed = existing[: max(len(existing) + 1 - self.keep, 0)]
+        if self.keep > 1 and doomed and self._rewrite(self._file(doomed[-1]), path, data):
+            doomed.pop()
+        else:
+            write_file_atomically(path, data, fsync=self._fsync,
+                                  before_publish=self._check_guard)
+        self._prune(doomed)
         return path
 
+    def _file(self, sequence: int) -> str:
+        """`path_of(sequence)` as a string, which system calls take without a `Path`."""
+        return f"{self._dir}/snapshot-{sequence:012d}.jsnap"
+
+    def _rewrite(self, old: str, path: Path, data: bytes) -> bool:
+        """Turn the snapshot file `old`, which is about to be deleted, into `path`.
+
+        Creating a file and deleting another costs a file system far more than
+        overwriting one (on ext4, most of what a snapshot cost). So the data goes over
+        the old file's bytes, under its old name, and the file is then renamed to its
+        new name: a reader sees the new name appear with the whole snapshot, as with a
+        temporary file. Meanwhile the old name holds a torn or renamed snapshot, which
+        loading passes over (it is older than the newest `keep - 1`, which stay as they
+        were). False when `old` cannot be opened or is gone before its rename (someone
+        else's doing): the caller then writes a new file instead.
+        """
+        try:
+            fd = os.open(old, os.O_WRONLY)
+        except OSError:
+            return False
+        try:
+            write_all(fd, data)
+            # SEEK_END: the old file's size, cheaper to ask than to cut it to the same size.
+            if os.lseek(fd, 0, os.SEEK_END) > len(data):
+                os.ftruncate(fd, len(data))
+            if self._fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._check_guard()
+        try:
+            os.rename(old, path)
+        except FileNotFoundError:
+            return False
+        if self._fsync:
+            fsync_directory(self.directory)
+        return True
+
     def _encode(self, payload: bytes, header: SnapshotHeader, sequence: int) -> bytes:
-        header_json = json.dumps(
-            header.to_json(sequence), sort_keys=True, separators=(",", ":"), allow_nan=False
-        ).encode("utf-8")
+        header_json = _HEADER_JSON.encode(header.to_json(sequence)).encode("utf-8")
         if len(header_json) > MAX_HEADER_BYTES:
             raise ValueError(
                 f"snapshot header is {len(header_json)} bytes; at most {MAX_HEADER_BYTES}"
             )
-        signing_key = self._keys[0]
         body = b"".join(
             (
-                _PREFIX.pack(MAGIC, FORMAT_VERSION, key_id(signing_key), len(header_json)),
+                _PREFIX.pack(MAGIC, FORMAT_VERSION, self._signing_key_id, len(header_json)),
                 header_json,
                 _PAYLOAD_LENGTH.pack(len(payload)),
                 payload,
             )
         )
-        return body + hmac.digest(signing_key, body, "sha256")
+        return body + self._signer.digest(body)
 
-    def _prune(self, sequences: list[int]) -> None:
-        doomed = sequences[: -self.keep]
+    def _prune(self, doomed: list[int]) -> None:
         if not doomed:
             return
         self._check_guard()
         for sequence in doomed:
-            self.path_of(sequence).unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._file(sequence))
         if self._fsync:
             fsync_directory(self.directory)
 
     def _scan_for_write(self) -> list[int]:
         """The sequences present, oldest first, with the temporary files a crash
-        mid-write left behind removed (one listing of the directory for both)."""
+        mid-write left behind removed (one listing of the directory for both); the
+        directory is created when missing."""
+        try:
+            names = os.listdir(self._dir)
+        except FileNotFoundError:
+            self.directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+            names = []
         sequences: list[int] = []
-        for name in os.listdir(self.directory):
+        for name in names:
             match = _NAME.fullmatch(name)
             if match:
                 sequences.append(int(match.group(1)))
             elif _TEMP_NAME.fullmatch(name):
-                (self.directory / name).unlink(missing_ok=True)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(f"{self._dir}/{name}")
         sequences.sort()
         return sequences
 
