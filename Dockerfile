@@ -1,9 +1,10 @@
 # syntax=docker/dockerfile:1
 # The Jarvis worker image: `docker build -t jarvis .`, then `docker run jarvis worker`
 # (docs/operations.md). Two stages: the first builds the Jarvis wheel (with its C trace
-# hooks, jarvis/runtime/_hooks.c: the only compiled part; the dependencies all ship
-# wheels) and installs it and its dependencies into a virtualenv; the second is a slim
-# Python with only that virtualenv, no compiler, run as an unprivileged user.
+# hooks and trace batches, jarvis/runtime/_hooks.c and _tracebatch.c: the only compiled
+# parts; the dependencies all ship wheels) and installs it and its dependencies into a
+# virtualenv; the second is a slim Python with only that virtualenv, no compiler, run as
+# an unprivileged user.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
@@ -18,14 +19,14 @@ RUN apt-get update \
 WORKDIR /src
 COPY pyproject.toml setup.py README.md ./
 COPY jarvis ./jarvis
-# The extension is optional for `pip install`; here it must be built: the check
-# imports it. The virtualenv gets no pip of its own; the build stage's pip installs
+# The extensions are optional for `pip install`; here they must be built: the check
+# imports them. The virtualenv gets no pip of its own; the build stage's pip installs
 # the wheel into it.
 RUN python -m pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
     && python -m venv --without-pip /opt/jarvis \
     && python -m pip --python /opt/jarvis/bin/python install --no-cache-dir --compile \
         /wheels/jarvis-*.whl \
-    && /opt/jarvis/bin/python -c "import jarvis.runtime._hooks"
+    && /opt/jarvis/bin/python -c "import jarvis.runtime._hooks, jarvis.runtime._tracebatch"
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="jarvis" \

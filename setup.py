@@ -1,8 +1,10 @@
-"""The one build step pyproject.toml cannot state in a stable form: the C trace hooks.
+"""The one build step pyproject.toml cannot state in a stable form: the C extensions.
 
-`jarvis.runtime._hooks` (jarvis/runtime/_hooks.c) is optional: where it cannot be built
-(no compiler, no Python headers) the install goes on without it and the trace uses the
-same hooks written in Python (`jarvis.runtime.trace`). Everything else about the
+`jarvis.runtime._hooks` (jarvis/runtime/_hooks.c, the trace hooks) and
+`jarvis.runtime._tracebatch` (jarvis/runtime/_tracebatch.c, trace batches on the
+channel) are optional: where they cannot be built (no compiler, no Python headers) the
+install goes on without them and the trace uses the same code written in Python
+(`jarvis.runtime.trace`, `jarvis.runtime.tracebatch`). Everything else about the
 package is in pyproject.toml.
 """
 
@@ -11,5 +13,7 @@ from setuptools import Extension, setup
 setup(
     ext_modules=[
         Extension("jarvis.runtime._hooks", ["jarvis/runtime/_hooks.c"], optional=True),
+        Extension("jarvis.runtime._tracebatch", ["jarvis/runtime/_tracebatch.c"],
+                  optional=True),
     ],
 )

@@ -285,7 +285,8 @@ class Execution:
         try:
             return run_in_child(child, start, program + snapshot + pack_records(tail),
                                 HostServices(journal, snapshots, sink, self.books,
-                                             self._uploads(), self.execution_id),
+                                             self._uploads(), self.execution_id,
+                                             self.program.trace_sites),
                                 self.stop_requested)
         finally:
             child.close()

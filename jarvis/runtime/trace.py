@@ -736,6 +736,32 @@ class EventBatch(Sequence[TraceEvent]):
         start = min(max(self._start, seq - self._first + 1), self._stop)
         return self if start == self._start else self._narrow(start, self._stop)
 
+    def columns(self) -> BatchColumns:
+        """The batch as it is stored, for an encoder that reads it without building an
+        event per entry (jarvis/runtime/tracebatch.py)."""
+        return BatchColumns(self._first, self._start, self._stop, self._table, self._sites,
+                            self._texts, self._values, self._names, self._renderer,
+                            self._event)
+
+
+class BatchColumns(NamedTuple):
+    """What `EventBatch.columns` gives: entries `start` to `stop` of `sites` are the
+    batch, entry i with seq `first_seq + i`. A site index k >= 0 is row k of `table`,
+    with (for an expression) the text `texts[i]` (cut with `renderer.clip(text,
+    values[i])` when longer than `renderer.max_chars`) and the type name `names[i]`, or
+    that of `values[i]`; a site index < 0 is an engine event, `event(i)`."""
+
+    first_seq: int
+    start: int
+    stop: int
+    table: Sequence[SiteRow]
+    sites: list[int]
+    texts: list[str] | None
+    values: list[Any]
+    names: dict[int, str]
+    renderer: Renderer
+    event: Callable[[int], TraceEvent]
+
 
 class EventSink(Protocol):
     """What a Tracer delivers to (`jarvis.runtime.sinks.Sink` is the full protocol)."""

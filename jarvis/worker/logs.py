@@ -15,25 +15,22 @@ execution's events share one series (measurement and tags), and InfluxDB keeps o
 point per series and timestamp, so events stamped alike would overwrite each other.
 A `guard` (the lease's fence) is checked before each batch: a worker that lost the
 execution sends nothing more for it.
+
+A batch from an isolated run arrives as the child sent it (`tracebatch.EncodedBatch`):
+the sink has it checked and rendered into messages in one pass, in C, with no event
+objects; a sequence of TraceEvents (an in-process run) is rendered column by column.
 """
 
 from __future__ import annotations
 
-import bisect
-import itertools
-import math
 import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from jarvis.runtime.sinks import (
-    MEASUREMENT,
-    escape_measurement,
-    escape_string_field,
-    escape_tag,
-)
+from jarvis.runtime.sinks import render_lines
 from jarvis.runtime.trace import TraceEvent
+from jarvis.runtime.tracebatch import EncodedBatch, pack_messages
 
 MAX_MESSAGE_BYTES = 900_000
 """Lines per Kafka message, at most (before compression; librdkafka refuses messages
@@ -43,12 +40,6 @@ cost the producer, the broker and the consumer one record each."""
 FLUSH_POLL_SECONDS = 0.002
 """How long `flush` waits in one poll of the producer before it looks again."""
 
-_LINE = ('%s seq=%di,line=%di,col=%di,end_line=%di,end_col=%di,expr="%s",value="%s",'
-         'type="%s"%s %d')
-_SEPARATOR = "\x00"
-"""Joins a batch's string fields so that they are escaped by one `translate` (none of
-the escapes touches it)."""
-
 
 class Producer(Protocol):
     """The part of confluent_kafka.Producer this module uses."""
@@ -57,40 +48,6 @@ class Producer(Protocol):
                 on_delivery: Callable[[Any, Any], None]) -> None: ...
 
     def poll(self, timeout: float) -> int: ...
-
-
-def render_lines(events: Sequence[TraceEvent], first_timestamp_ns: int) -> list[str]:
-    """The events as lines of line protocol (as `sinks.line_protocol` writes them),
-    stamped `first_timestamp_ns`, +1, +2, ...: a whole batch at a time, column by column,
-    so that the per-event work is C-level formatting."""
-    (ids, seqs, kinds, lines, cols, end_lines, end_cols, exprs, values, types,
-     durations) = zip(*events, strict=True)
-    series = {key: _series(*key) for key in set(zip(ids, kinds, strict=True))}
-    count = len(seqs)
-    strings = exprs + values + types
-    joined = _SEPARATOR.join(strings)
-    escaped = escape_string_field(joined)
-    if escaped is not joined:  # something to escape: split the escaped text again
-        parts = escaped.split(_SEPARATOR)
-        if len(parts) != len(strings):  # a field holds the separator itself
-            parts = [escape_string_field(text) for text in strings]
-        exprs, values, types = (tuple(parts[:count]), tuple(parts[count:2 * count]),
-                                tuple(parts[2 * count:]))
-    extra = [""] * count
-    for index, duration in enumerate(durations):
-        if duration is not None and math.isfinite(duration):
-            extra[index] = f",duration_ms={duration!r}"
-    prefixes = map(series.__getitem__, zip(ids, kinds, strict=True))
-    return list(map(_LINE.__mod__, zip(
-        prefixes, seqs, lines, cols, end_lines, end_cols, exprs, values, types, extra,
-        range(first_timestamp_ns, first_timestamp_ns + count), strict=True)))
-
-
-def _series(execution_id: str, kind: str) -> str:
-    tags = f",kind={escape_tag(kind)}"
-    if execution_id:
-        tags = f",execution_id={escape_tag(execution_id)}" + tags
-    return escape_measurement(MEASUREMENT) + tags
 
 
 class KafkaLogSink:
@@ -116,30 +73,50 @@ class KafkaLogSink:
         self.events_sent = 0
 
     def deliver(self, events: Sequence[TraceEvent]) -> None:
+        if isinstance(events, EncodedBatch):
+            self._deliver_encoded(events)
+            return
         if not events or events[-1].seq <= self.last_delivered:
             return
         fresh = events if events[0].seq > self.last_delivered else \
             [e for e in events if e.seq > self.last_delivered]
         if self.guard is not None:
             self.guard()
-        # Strictly increasing timestamps, one nanosecond apart within a batch.
+        first_ns = self._stamps(len(fresh))
+        lines = [line.encode() for line in render_lines(fresh, first_ns)]
+        messages, last_seqs = pack_messages(lines, [event.seq for event in fresh],
+                                            MAX_MESSAGE_BYTES)
+        for value, last in zip(messages, last_seqs, strict=True):
+            self._send(value, last)
+        self._sent(len(fresh))
+
+    def _deliver_encoded(self, batch: EncodedBatch) -> None:
+        """A child's batch as it came over the channel: checked and rendered into
+        messages in one pass (in C where the extension was built)."""
+        fresh = batch.last_seq - max(batch.first_seq - 1, self.last_delivered)
+        if fresh <= 0:
+            batch.render(0, self.last_delivered, MAX_MESSAGE_BYTES)  # checked all the same
+            return
+        if self.guard is not None:
+            self.guard()
+        first_ns = self._stamps(fresh)
+        messages, last_seqs = batch.render(first_ns, self.last_delivered, MAX_MESSAGE_BYTES)
+        for value, last in zip(messages, last_seqs, strict=True):
+            self._send(value, last)
+        self._sent(fresh)
+
+    def _stamps(self, count: int) -> int:
+        """The first of `count` timestamps, one nanosecond apart, after the last ones."""
         first_ns = max(time.time_ns(), self.last_timestamp_ns + 1)
-        lines = render_lines(fresh, first_ns)
-        self.last_timestamp_ns = first_ns + len(lines) - 1
-        ends = list(itertools.accumulate(len(line) + 1 for line in lines))
-        start, taken = 0, 0
-        while start < len(lines):
-            # the most lines from `start` that fit in one message (at least one)
-            stop = max(start + 1, bisect.bisect_right(ends, taken + MAX_MESSAGE_BYTES, start))
-            self._send(lines[start:stop], fresh[start].seq, fresh[stop - 1].seq)
-            taken, start = ends[stop - 1], stop
-        self.events_sent += len(fresh)
+        self.last_timestamp_ns = first_ns + count - 1
+        return first_ns
+
+    def _sent(self, count: int) -> None:
+        self.events_sent += count
         if self.on_events is not None:
-            self.on_events(len(fresh))
+            self.on_events(count)
 
-    def _send(self, lines: list[str], first: int, last: int) -> None:
-        value = ("\n".join(lines) + "\n").encode("utf-8")
-
+    def _send(self, value: bytes, last: int) -> None:
         def delivered(error: Any, message: Any) -> None:
             with self.lock:
                 self.pending -= 1
