@@ -305,33 +305,61 @@ def test_the_filter_refuses_what_it_lists() -> None:
 
 
 def test_a_forked_child_loads_the_filter_its_zygote_prepared() -> None:
-    """The zygote builds the rules common to all children once; each forked child takes
-    that filter, adds the rules naming its own pid, and loads it: signals to itself
-    pass, to its parent (another pid) are refused, and the zygote keeps its copy."""
+    """The zygote builds the filter once, as BPF for a placeholder pid; each forked
+    child writes its own pid into a copy and loads it. The program a child loads is
+    byte for byte what libseccomp builds for that child's pid; signals to itself pass,
+    to its parent (another pid) are refused, and the zygote's template is unchanged."""
     script = textwrap.dedent("""
         import os
         from jarvis.runtime import confine
         confine.prepare_filter()
-        prepared = confine._PREPARED[0]
-        for _ in range(2):  # each child of the same parent gets its own pid's rules
+        template = confine._TEMPLATE[0]
+        kept = template.program
+        assert template.slots and template.no_new_privs
+        for _ in range(2):  # each child of the same parent gets its own pid
             pid = os.fork()
             if pid == 0:
-                taken = confine.build_filter()
-                assert taken is prepared and not confine._PREPARED
-                taken.load()
+                mine = os.getpid()
+                built = confine._export(confine.build_filter(mine))
+                if template.for_pid(mine) != built or template.program != kept:
+                    os._exit(3)
+                if confine.install_filter() is not None:
+                    os._exit(4)
                 os.kill(os.getpid(), 0)
                 try:
                     os.kill(os.getppid(), 0)
                 except PermissionError:
-                    os._exit(7)
+                    try:
+                        os.open("/dev/null", os.O_RDONLY)
+                    except PermissionError:
+                        os._exit(7)
                 os._exit(1)
             _, status = os.waitpid(pid, 0)
             print(os.waitstatus_to_exitcode(status))
-        assert confine._PREPARED == [prepared]
+        assert confine._TEMPLATE == [template] and template.program == kept
+        with open("/proc/self/status") as status:  # the zygote itself is not confined
+            assert "Seccomp:\t0" in status.read()
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=60, check=True)
     assert done.stdout.split() == ["7", "7"], done.stderr
+
+
+def test_a_template_is_refused_when_the_pid_is_not_all_that_varies(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The template is checked against libseccomp's own program for a third pid: when
+    they differ, no template is made and each child builds its filter itself."""
+    exports = iter([b"\x15\x00\x01\x00\xf1\xff\xff\x3f", b"\x15\x00\x01\x00\xe2\xff\xff\x3f",
+                    b"\x15\x00\x01\x00\x00\x00\x00\x00"])
+    monkeypatch.setattr(confine, "_export", lambda _filter: next(exports))
+    assert confine.filter_template() is None
+    agreeing = iter([b"\x15\x00\x01\x00\xf1\xff\xff\x3f", b"\x15\x00\x01\x00\xe2\xff\xff\x3f",
+                     b"\x15\x00\x01\x00\xd3\xff\xff\x3f"])
+    monkeypatch.setattr(confine, "_export", lambda _filter: next(agreeing))
+    template = confine.filter_template()
+    assert template is not None and template.slots == (0,)
+    assert template.for_pid(4242) == b"\x15\x00\x01\x00" + (4242).to_bytes(4, sys.byteorder)
 
 
 def test_the_task_count_reads_threads_from_the_link_count() -> None:

@@ -237,6 +237,7 @@ def make_worker(tmp_path: Path, **settings: Any) -> Worker:
         return runners[-1]
 
     loop = WorkerLoop(config, "w1", consumer, producer, fake_redis, factory)
+    loop.commit_interval = 0.0  # a commit at every step (one is batched further below)
     consumer.on_commit = loop.committed
     return Worker(loop, consumer, producer, fake_redis, runners[0], config)
 
@@ -342,6 +343,35 @@ def test_commands_wait_while_redis_is_away_and_nothing_is_dead_lettered(
     worker.steps(5)
     assert [r.execution_id for r in worker.runner.started] == ["e1", "e2"]
     assert worker.consumer.paused == set()
+
+
+def test_commits_are_batched_and_never_pass_an_unfinished_start(
+    worker: Worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At most one commit every `commit_interval`: runs that end in between are
+    committed together by the next one, and never past a start still running."""
+    clock = [1000.0]
+    monkeypatch.setattr("jarvis.worker.loop.time.monotonic", lambda: clock[0])
+    worker.loop.commit_interval = 0.02
+    for name in ("e1", "e2", "e3"):
+        worker.consumer.send(start(name), name.encode())
+    worker.steps()
+    e1, e2, e3 = worker.runner.started
+    assert worker.consumer.commits == [{(TOPIC, 0): 0}]  # none has ended
+    worker.runner.end(e1, "completed")
+    worker.steps(1)
+    assert worker.consumer.commits == [{(TOPIC, 0): 0}]  # within the interval: later
+    clock[0] += 0.03
+    worker.runner.end(e3, "completed")
+    worker.steps(1)
+    assert worker.consumer.commits[1:] == [{(TOPIC, 0): 1}]  # not past e2, running
+    clock[0] += 0.01
+    worker.runner.end(e2, "failed")
+    worker.steps(1)
+    assert len(worker.consumer.commits) == 2
+    clock[0] += 0.011
+    worker.steps(1)
+    assert worker.consumer.commits[2:] == [{(TOPIC, 0): 3}]
 
 
 def test_a_start_of_an_ended_execution_is_a_duplicate(worker: Worker) -> None:

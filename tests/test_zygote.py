@@ -165,3 +165,32 @@ def test_the_child_runs_the_program_the_host_compiled() -> None:
     assert copy.functions == program.functions
     assert copy.trace_sites == program.trace_sites
     assert copy.source.text == program.source.text and copy.books == program.books
+
+
+def test_the_zygote_warms_up_on_a_program_of_its_own_and_stays_single_threaded(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before it forks, the zygote runs its own program through what a child runs, at
+    trace off and full, to completion; it starts no thread (a fork must copy none) and
+    what the runs made is collected."""
+    import threading
+
+    from jarvis.runtime import zygote
+    from jarvis.runtime.machine import Machine
+
+    outcomes: list[Any] = []
+    run = Machine.run
+
+    def recording(machine: Machine) -> Any:
+        outcome = run(machine)
+        outcomes.append((machine.program.trace_level, outcome))
+        return outcome
+
+    monkeypatch.setattr(Machine, "run", recording)
+    threads = threading.active_count()
+    zygote.warm_up(rounds=4)
+    assert threading.active_count() == threads
+    assert [level for level, _ in outcomes] == ["off", "full", "off", "full"]
+    assert all(o.status == "completed" for _, o in outcomes), outcomes
+    assert [o.outputs["ok"]["n"] for _, o in outcomes] == [6, 7, 8, 9]
+    assert capsys.readouterr().err == ""  # no failure was logged

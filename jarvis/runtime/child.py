@@ -12,7 +12,6 @@ execution, so nothing of one execution survives into another.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import socket
@@ -25,7 +24,7 @@ from typing import Any
 
 from jarvis.runtime.artifacts import StoredArtifact
 from jarvis.runtime.channel import Channel, RemoteError
-from jarvis.runtime.confine import ProcessLimits, confine
+from jarvis.runtime.confine import ProcessLimits, confine, libc
 from jarvis.runtime.errors import BookError
 from jarvis.runtime.interrupt import (
     Stopped,
@@ -33,6 +32,7 @@ from jarvis.runtime.interrupt import (
     interrupt_main_later,
     start_watchdog,
 )
+from jarvis.runtime.tracebatch import encode as encode_trace_batch
 
 _RECORD = struct.Struct(">I")
 
@@ -84,22 +84,22 @@ class ChannelSnapshots:
 
 
 class ChannelSink:
-    """Trace batches go to the host, which delivers them to its sinks."""
+    """Trace batches go to the host, which delivers them to its sinks: one binary batch
+    each (jarvis/runtime/tracebatch.py), without the execution id, which the host knows
+    (and does not take from the child), nor the sites' positions and texts, which the
+    host has in the program it compiled."""
 
     def __init__(self, channel: Channel, last_delivered: int) -> None:
         self.channel = channel
         self.last_delivered = last_delivered
 
     def deliver(self, events: Sequence[Any]) -> None:
-        # An event travels as a row: its fields without the execution id, which the
-        # host knows (and does not take from the child).
-        last = self.last_delivered
-        rows = [event[1:] for event in events if event[1] > last]
-        if rows:
+        encoded = encode_trace_batch(events, self.last_delivered)
+        if encoded is not None:
             # Sent ahead: the program goes on while the host delivers the batch; its
             # answer is read before the next request (an error raises there).
-            self.channel.send_ahead({"op": "trace", "rows": rows})
-            self.last_delivered = rows[-1][0]
+            blob, self.last_delivered = encoded
+            self.channel.send_ahead({"op": "trace"}, blob)
 
     def close(self) -> None:
         pass
@@ -254,8 +254,7 @@ def die_with_parent(parent: int) -> None:
     zygote) dies: an execution must never go on running unobserved (its effects could
     not be journaled anyway)."""
     if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        libc().prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # loaded in the zygote
         if os.getppid() != parent:  # the parent died before the request took effect
             os._exit(1)
 

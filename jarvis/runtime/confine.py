@@ -12,12 +12,17 @@ message and before the program's code runs, whether it was spawned or forked:
   user runs now plus a headroom), file size (the child writes no files; the limit
   bounds its log) and no core files. Hard limits are lowered with the soft ones, so
   the program cannot raise them again.
-- A seccomp filter (libseccomp through `pyseccomp`) that answers EPERM to starting
+- A seccomp filter (built by libseccomp through `pyseccomp`) that answers EPERM to starting
   programs (`execve`), creating processes (`fork`, `vfork`, `clone` without
   `CLONE_THREAD`; `clone3` answers ENOSYS so that threads fall back to `clone`),
   opening or creating files, changing the file system, sockets, signals to other
   processes, tracing, io_uring, and changing resource limits. Threads stay allowed: the
   stop grace and the time limit run on timer threads.
+
+A zygote builds the filter once, as BPF for a placeholder pid (`FilterTemplate`); each
+child it forks writes its own pid into a copy and loads that program with `prctl`, as
+libseccomp would load the one it builds for that pid (the zygote checks they are the
+same). A spawned child builds its filter with libseccomp.
 
 Where seccomp is not available (no libseccomp, a kernel without it) the child goes on
 with the resource limits only; the host logs that once (`warn_if_unavailable`).
@@ -27,6 +32,7 @@ with the resource limits only; the host logs that once (`warn_if_unavailable`).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import functools
 import importlib
@@ -34,7 +40,9 @@ import logging
 import os
 import resource
 import signal
+import struct
 import sys
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -214,39 +222,111 @@ def _pyseccomp() -> tuple[Any, str | None]:
     return pyseccomp, None
 
 
-_PREPARED: list[Any] = []
-"""The filter's rules that name no process, built ahead by `prepare_filter` (in the
-zygote): a forked child inherits them and adds only the rules that name itself."""
+PID_RULES: Final = ("kill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo")
+"""Calls that may only name this process itself (argument 0 is its pid)."""
+
+_PLACEHOLDERS: Final = (0x3FFF_FFF1, 0x3FFF_FFE2, 0x3FFF_FFD3)
+"""Stand-ins for a child's pid while the zygote builds the filter: above 2**22, the
+largest `pid_max` Linux allows, so never a pid (and checked not to occur otherwise)."""
+
+_INSTRUCTION: Final = struct.Struct("=HBBI")
+"""One classic BPF instruction (`struct sock_filter`): code, jt, jf, k."""
+
+_PR_SET_NO_NEW_PRIVS: Final = 38
+_PR_SET_SECCOMP: Final = 22
+_SECCOMP_MODE_FILTER: Final = 2
+
+
+@dataclass(frozen=True)
+class FilterTemplate:
+    """The whole filter as BPF, built once by the zygote for a placeholder pid.
+
+    A forked child writes its own pid into `slots` (the instructions that compare with
+    the pid) and loads the program itself: the very program libseccomp would build for
+    that pid (`filter_template` checks it does), without building it again per child.
+    """
+
+    program: bytes
+    slots: tuple[int, ...]
+    no_new_privs: bool
+
+    def for_pid(self, pid: int) -> bytes:
+        program = bytearray(self.program)
+        for slot in self.slots:
+            code, jt, jf, _k = _INSTRUCTION.unpack_from(program, slot * _INSTRUCTION.size)
+            _INSTRUCTION.pack_into(program, slot * _INSTRUCTION.size, code, jt, jf, pid)
+        return bytes(program)
+
+
+_TEMPLATE: list[FilterTemplate] = []
+"""The template `prepare_filter` built (in the zygote); a forked child inherits it."""
 
 
 def prepare_filter() -> None:
-    """Build the part of the filter that is the same in every child, once, here: the
-    zygote calls it, so that a child it forks adds four rules and loads, rather than
-    building the whole filter (about 70 rules) for itself."""
+    """Build the filter once, here, as a template: the zygote calls it, so that a child
+    it forks writes its pid into a copy and loads it, rather than having libseccomp
+    build the whole filter (about 70 rules) and its BPF for itself."""
+    libc()
+    if not _TEMPLATE:
+        template = filter_template()
+        if template is not None:
+            _TEMPLATE.append(template)
+
+
+def filter_template() -> FilterTemplate | None:
+    """The filter as a template, or None where a child must build its own (no
+    libseccomp, load flags the template cannot reproduce, an unexpected program)."""
     seccomp, _reason = _pyseccomp()
-    if seccomp is not None and not _PREPARED:
-        _PREPARED.append(_common_rules(seccomp))
+    if seccomp is None:
+        return None
+    filters = [build_filter(placeholder) for placeholder in _PLACEHOLDERS]
+    if any(_load_flags(seccomp, f) for f in filters):
+        return None  # thread sync, logging...: what only libseccomp's load sets
+    first, second, check = (_export(f) for f in filters)
+    size = _INSTRUCTION.size
+    if len(first) != len(second) or len(first) % size:
+        return None
+    slots = []
+    for slot in range(len(first) // size):
+        a = _INSTRUCTION.unpack_from(first, slot * size)
+        b = _INSTRUCTION.unpack_from(second, slot * size)
+        if a == b:
+            continue
+        if a[:3] != b[:3] or (a[3], b[3]) != _PLACEHOLDERS[:2]:
+            return None  # something else depends on the pid: not a template
+        slots.append(slot)
+    if not slots:
+        return None
+    template = FilterTemplate(first, tuple(slots),
+                              bool(filters[0].get_attr(seccomp.Attr.CTL_NNP)))
+    # Patched for a third placeholder, it must be what libseccomp built for that one.
+    return template if template.for_pid(_PLACEHOLDERS[2]) == check else None
 
 
-def build_filter() -> Any:
-    """The filter `install_filter` loads (a pyseccomp SyscallFilter, not yet loaded)."""
+def _load_flags(seccomp: Any, syscall_filter: Any) -> bool:
+    """Whether libseccomp would load `syscall_filter` with flags (seccomp(2)'s)."""
+    for attr in (seccomp.Attr.CTL_TSYNC, seccomp.Attr.CTL_LOG, seccomp.Attr.CTL_SSB):
+        try:
+            if syscall_filter.get_attr(attr):
+                return True
+        except OSError:  # an attribute this libseccomp does not know: never set
+            continue
+    return False
+
+
+def _export(syscall_filter: Any) -> bytes:
+    with tempfile.TemporaryFile() as out:
+        syscall_filter.export_bpf(out)
+        out.seek(0)
+        return out.read()
+
+
+def build_filter(pid: int | None = None) -> Any:
+    """The filter for process `pid` (default: this one), a pyseccomp SyscallFilter
+    not yet loaded."""
     seccomp, reason = _pyseccomp()
     if seccomp is None:
         raise OSError(reason)
-    # The prepared filter is taken, never shared: this process adds its own rules to it.
-    syscall_filter = _PREPARED.pop() if _PREPARED else _common_rules(seccomp)
-    refuse = seccomp.ERRNO(errno.EPERM)
-    pid = os.getpid()
-    _add_rules(syscall_filter, [
-        # Signals only to this process itself.
-        (refuse, name, (seccomp.Arg(0, seccomp.NE, pid),))
-        for name in ("kill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo")
-    ])
-    return syscall_filter
-
-
-def _common_rules(seccomp: Any) -> Any:
-    """A filter with every rule that does not depend on the process it confines."""
     refuse = seccomp.ERRNO(errno.EPERM)
     arg = seccomp.Arg
     rules: list[tuple[int, str, tuple[Any, ...]]] = [
@@ -262,6 +342,9 @@ def _common_rules(seccomp: Any) -> Any:
         (refuse, "prlimit64", (arg(2, seccomp.NE, 0),)),
         (refuse, "prctl", (arg(0, seccomp.EQ, _PR_SET_PDEATHSIG),)),
     ]
+    # Signals only to this process itself.
+    target = os.getpid() if pid is None else pid
+    rules += [(refuse, name, (arg(0, seccomp.NE, target),)) for name in PID_RULES]
     syscall_filter = seccomp.SyscallFilter(seccomp.ALLOW)
     _add_rules(syscall_filter, rules)
     return syscall_filter
@@ -278,10 +361,42 @@ def _add_rules(syscall_filter: Any, rules: list[tuple[int, str, tuple[Any, ...]]
 def install_filter() -> str | None:
     """Load the seccomp filter into this process; None when it is on, else why not."""
     try:
-        build_filter().load()
+        if _TEMPLATE:
+            template = _TEMPLATE[0]
+            load_program(template.for_pid(os.getpid()), template.no_new_privs)
+        else:
+            build_filter().load()
     except OSError as exc:
         return str(exc) or type(exc).__name__
     return None
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def load_program(program: bytes, no_new_privs: bool) -> None:
+    """Load a BPF program as this thread's seccomp filter, as libseccomp loads one with
+    no flags: `no_new_privs` first if asked, then `prctl(PR_SET_SECCOMP)`."""
+    c = libc()
+    if no_new_privs:
+        _prctl(c, _PR_SET_NO_NEW_PRIVS, 1)
+    buffer = ctypes.create_string_buffer(program, len(program))
+    fprog = _SockFprog(len(program) // _INSTRUCTION.size, ctypes.addressof(buffer))
+    _prctl(c, _PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.addressof(fprog))
+
+
+def _prctl(c: Any, option: int, value: int, pointer: int = 0) -> None:
+    if c.prctl(ctypes.c_int(option), ctypes.c_ulong(value), ctypes.c_ulong(pointer),
+                  ctypes.c_ulong(0), ctypes.c_ulong(0)) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"prctl({option}): {os.strerror(code)}")
+
+
+@functools.cache
+def libc() -> Any:
+    """The C library (loaded once: a zygote's children inherit it)."""
+    return ctypes.CDLL(None, use_errno=True)
 
 
 @functools.cache

@@ -13,14 +13,13 @@ for a pool of size 0 (a single `jarvis run`), spawned as a fresh interpreter.
 
 from __future__ import annotations
 
-import functools
-import itertools
 import signal
 import threading
+import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
 
 from jarvis.runtime.artifacts import ArtifactUploads
 from jarvis.runtime.books import BookRegistry, check_json_value
@@ -34,7 +33,10 @@ from jarvis.runtime.errors import BookError
 from jarvis.runtime.forks import ForkServer
 from jarvis.runtime.locate import ErrorLocation
 from jarvis.runtime.machine import Outcome
-from jarvis.runtime.trace import TraceEvent
+from jarvis.runtime.tracebatch import EncodedBatch, SiteTable
+
+if TYPE_CHECKING:
+    from jarvis.compiler.trace import Site
 
 
 class HostJournal(Protocol):
@@ -140,6 +142,9 @@ class HostServices:
     artifacts: ArtifactUploads | None = None
     execution_id: str = ""
     """The id the child's trace events are delivered under."""
+    trace_sites: Sequence[Site] = ()
+    """The program's trace sites: the child's events name them by index."""
+    trace_table: SiteTable | None = field(default=None, init=False, repr=False)
 
 
 def run_in_child(
@@ -150,17 +155,8 @@ def run_in_child(
     stop_requested: Callable[[], bool],
 ) -> Outcome:
     """Start the execution in `child` and serve its requests until it reports an outcome."""
-    done = threading.Event()
-
-    def forward_stop() -> None:
-        # The program is interrupted by the child itself; the host only signals it.
-        while not done.wait(0.05):
-            if stop_requested():
-                child.signal(signal.SIGTERM)
-                return
-
-    watcher = threading.Thread(target=forward_stop, daemon=True)
-    watcher.start()
+    # The program is interrupted by the child itself; the host only signals it.
+    watch = _STOPS.watch(child, stop_requested)
     channel = child.channel
     try:
         channel.send(start, blob)
@@ -192,7 +188,53 @@ def run_in_child(
                 continue
             channel.send(answer)
     finally:
-        done.set()
+        _STOPS.forget(watch)
+
+
+class _StopForwarder:
+    """One thread for every child running in this process: every `POLL` seconds it
+    sends SIGTERM to each child whose run asked to stop (rather than a thread a run).
+    It runs while there are children to watch."""
+
+    POLL = 0.05
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.watched: dict[int, tuple[Child, Callable[[], bool]]] = {}
+        self.next_key = 0
+        self.thread: threading.Thread | None = None
+
+    def watch(self, child: Child, stop_requested: Callable[[], bool]) -> int:
+        with self.lock:
+            key = self.next_key = self.next_key + 1
+            self.watched[key] = (child, stop_requested)
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._forward, name="stop-forwarder",
+                                               daemon=True)
+                self.thread.start()
+            return key
+
+    def forget(self, key: int) -> None:
+        with self.lock:
+            self.watched.pop(key, None)
+
+    def _forward(self) -> None:
+        while True:
+            time.sleep(self.POLL)
+            with self.lock:
+                if not self.watched:
+                    self.thread = None
+                    return
+                watched = list(self.watched.items())
+            for key, (child, stop_requested) in watched:
+                if stop_requested():
+                    with self.lock:
+                        if self.watched.pop(key, None) is None:
+                            continue  # its run ended meanwhile
+                    child.signal(signal.SIGTERM)
+
+
+_STOPS = _StopForwarder()
 
 
 def _perform(op: Any, header: dict[str, Any], data: bytes,
@@ -204,7 +246,7 @@ def _perform(op: Any, header: dict[str, Any], data: bytes,
         services.snapshots.save(data, int(header["effects"]), counters)
         return {"ok": True}
     if op == "trace":
-        services.sink.deliver(trace_events(services.execution_id, header["rows"]))
+        services.sink.deliver(trace_batch(services, data))
         return {"ok": True}
     if op == "book":
         args, kwargs = header["args"], header["kwargs"]
@@ -223,25 +265,13 @@ def _perform(op: Any, header: dict[str, Any], data: bytes,
     raise ChannelError(f"unknown request {op!r}")
 
 
-_ROW_TYPES: tuple[set[type], ...] = (
-    {int}, {str}, {int}, {int}, {int}, {int}, {str}, {str}, {str}, {float, int, type(None)},
-)
-"""The type(s) of each field of a trace row: TraceEvent's fields after execution_id."""
-_new_event = functools.partial(tuple.__new__, TraceEvent)
-
-
-def trace_events(execution_id: str, rows: Any) -> list[TraceEvent]:
-    """The child's trace rows as events of `execution_id`, checked column by column (a
-    row of the wrong shape or type is refused as a whole batch)."""
-    if not isinstance(rows, list) or not rows:
-        return []
-    if {len(row) if isinstance(row, list) else -1 for row in rows} != {len(_ROW_TYPES)}:
-        raise ChannelError("malformed trace rows")
-    columns = list(zip(*rows, strict=True))
-    for column, allowed in zip(columns, _ROW_TYPES, strict=True):
-        if not set(map(type, column)) <= allowed:
-            raise ChannelError("malformed trace rows")
-    return list(map(_new_event, zip(itertools.repeat(execution_id), *columns)))
+def trace_batch(services: HostServices, blob: bytes) -> EncodedBatch:
+    """A trace batch of the child, as events of the host's execution id and sites (its
+    header checked here, the rest when a sink reads or renders it: ChannelError if it
+    is malformed)."""
+    if services.trace_table is None:
+        services.trace_table = SiteTable(services.execution_id, services.trace_sites)
+    return EncodedBatch(blob, services.trace_table)
 
 
 MAX_ERROR_MESSAGE_CHARS = 16_384

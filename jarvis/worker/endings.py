@@ -9,6 +9,7 @@ which outlives Redis. A cancelled execution's state is deleted; what is left is 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
@@ -39,6 +40,11 @@ class Endings:
         status = known.decode() if isinstance(known, bytes) else known
         if status in TERMINAL:
             return str(status)
+        return self.ended_on_disk(execution_id)
+
+    def ended_on_disk(self, execution_id: str) -> str | None:
+        """The terminal status the execution's `status.json` records (Redis may have
+        forgotten it), or None."""
         try:
             recorded = ExecutionDir(self.state_dir, execution_id).read_status() or {}
         except StateError:
@@ -47,15 +53,18 @@ class Endings:
         return str(status) if status in TERMINAL else None
 
     def record(self, execution_id: str, status: str, worker: str,
-               clear_stop: bool = False) -> None:
+               clear_stop: bool = False, then: Callable[[Any], None] | None = None) -> None:
         """Remember in Redis that the execution ended with `status` (and, with
-        `clear_stop`, drop its stop request in the same round trip)."""
+        `clear_stop`, drop its stop request; `then` adds more to the same round trip,
+        such as the lease's release)."""
         key = status_key(execution_id)
         with self.redis.pipeline() as pipe:
             pipe.hset(key, mapping={"status": status, "worker": worker, "ts": time.time()})
             pipe.expire(key, KEEP_SECONDS)
             if clear_stop:
                 pipe.delete(stop_key(execution_id))
+            if then is not None:
+                then(pipe)
             pipe.execute()
 
     def cancel(self, execution_id: str) -> None:

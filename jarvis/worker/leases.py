@@ -43,6 +43,32 @@ redis.call('SET', KEYS[1], ARGV[1] .. ':' .. token, 'PX', ARGV[2])
 return {token, ''}
 """
 
+_BEGIN = """
+local ended = redis.call('HGET', KEYS[3], 'status')
+local stop = redis.call('GET', KEYS[4]) or ''
+if ended then
+  for i = 4, #ARGV do
+    if ended == ARGV[i] then
+      return {0, '', ended, stop}
+    end
+  end
+end
+local held = redis.call('GET', KEYS[1])
+if held then
+  return {0, held, '', stop}
+end
+local token = redis.call('INCR', KEYS[2])
+local floor = tonumber(ARGV[3])
+if token <= floor then
+  token = floor + 1
+  redis.call('SET', KEYS[2], token)
+end
+redis.call('SET', KEYS[1], ARGV[1] .. ':' .. token, 'PX', ARGV[2])
+return {token, '', '', stop}
+"""
+"""`_ACQUIRE`, and in the same round trip what a run needs to know before it starts:
+whether the execution has ended (then no lease is taken) and its stop request."""
+
 _RENEW = """
 local held = redis.call('GET', KEYS[1])
 if held == ARGV[1] then
@@ -83,10 +109,21 @@ class Lease:
     worker: str
     token: int
     deadline: float  # time.monotonic() after which the lease may have lapsed
+    released: bool = False
 
     @property
     def value(self) -> str:
         return f"{self.worker}:{self.token}"
+
+
+@dataclass
+class Beginning:
+    """What `Leases.begin` found: the lease (None if not taken), the execution's
+    recorded ending among `terminal` (then no lease was taken) and its stop request."""
+
+    lease: Lease | None
+    ended: str | None
+    stop: str | None
 
 
 def lease_key(execution_id: str) -> str:
@@ -105,6 +142,7 @@ class Leases:
         self.worker = worker
         self.ttl_ms = max(int(ttl_seconds * 1000), 1)
         self._acquire = redis.register_script(_ACQUIRE)
+        self._begin = redis.register_script(_BEGIN)
         self._renew = redis.register_script(_RENEW)
         self._release = redis.register_script(_RELEASE)
 
@@ -123,22 +161,51 @@ class Leases:
             return None
         return Lease(execution_id, self.worker, int(token), started + self.ttl_ms / 1000)
 
+    def begin(self, execution_id: str, floor: int, status_key: str, stop_key: str,
+              terminal: frozenset[str]) -> Beginning:
+        """`acquire`, unless the hash at `status_key` records an ending in `terminal`;
+        and the stop request at `stop_key`. One round trip."""
+        started = time.monotonic()
+        token, _held, ended, stop = self._begin(
+            keys=[lease_key(execution_id), fence_key(execution_id), status_key, stop_key],
+            args=[self.worker, self.ttl_ms, floor, *sorted(terminal)],
+        )
+        lease = (Lease(execution_id, self.worker, int(token), started + self.ttl_ms / 1000)
+                 if int(token) else None)
+        return Beginning(lease, _text(ended) or None, _text(stop) or None)
+
     def renew(self, lease: Lease) -> bool:
         """Extend the lease; False if it was lost (taken by another, or a newer token
         was handed out). A lease whose key vanished is taken back."""
         started = time.monotonic()
-        renewed = bool(self._renew(keys=[lease_key(lease.execution_id),
-                                         fence_key(lease.execution_id)],
-                                   args=[lease.value, self.ttl_ms, lease.token]))
-        if renewed:
-            lease.deadline = started + self.ttl_ms / 1000
-        else:
-            lease.deadline = 0.0
-        return renewed
+        return self.renewed(lease, self._renew(keys=[lease_key(lease.execution_id),
+                                                     fence_key(lease.execution_id)],
+                                               args=[lease.value, self.ttl_ms, lease.token]),
+                            started)
 
-    def release(self, lease: Lease) -> None:
+    def renew_in(self, pipe: Any, lease: Lease) -> None:
+        """Add `renew`'s script to a pipeline; `renewed` takes its answer."""
+        pipe.eval(_RENEW, 2, lease_key(lease.execution_id), fence_key(lease.execution_id),
+                  lease.value, self.ttl_ms, lease.token)
+
+    def renewed(self, lease: Lease, answer: Any, started: float) -> bool:
+        """Record the answer of a renewal sent at `started` (monotonic); whether the
+        lease was renewed."""
+        if int(answer or 0):
+            lease.deadline = started + self.ttl_ms / 1000
+            return True
         lease.deadline = 0.0
-        self._release(keys=[lease_key(lease.execution_id)], args=[lease.value])
+        return False
+
+    def release(self, lease: Lease, pipe: Any = None) -> None:
+        """Give the lease up (or, with `pipe`, add that to a pipeline of the caller's,
+        who sets `released` once it ran)."""
+        lease.deadline = 0.0
+        if pipe is not None:
+            pipe.eval(_RELEASE, 1, lease_key(lease.execution_id), lease.value)
+        else:
+            self._release(keys=[lease_key(lease.execution_id)], args=[lease.value])
+            lease.released = True
 
     def holder(self, execution_id: str) -> str | None:
         """Who holds the lease now (`worker:token`), or None."""
@@ -146,6 +213,10 @@ class Leases:
         if held is None:
             return None
         return held.decode() if isinstance(held, bytes) else str(held)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value or "")
 
 
 def read_fence(directory: Path) -> int:
@@ -200,7 +271,7 @@ class Fence:
         return True
 
     def _confirm(self) -> None:
-        """The renewer did not renew in time: ask Redis now, waiting while it is away."""
+        """The lease keeper did not renew in time: ask Redis now, waiting while it is away."""
         give_up = time.monotonic() + self.reconnect_seconds
         while True:
             try:

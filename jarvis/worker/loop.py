@@ -10,7 +10,9 @@ Commands are handled in the order they arrive. One that finds the worker full wa
 ends: the next command is at hand then, rather than a fetch away (a paused partition's
 fetched messages are dropped by the consumer and fetched again after the resume, which
 costs a broker round trip). While the backlog is full, the partitions are paused so the
-poll loop goes on (heartbeats, rebalances) without taking more work.
+poll loop goes on (heartbeats, rebalances) without taking more work; they are resumed
+once half the backlog has started, so that one resume (and its fetches) brings in
+several commands.
 
 A command that cannot be handled yet (Redis or the state directory is away, or an
 earlier run of its execution here is ending) waits at the head of `held`, with the
@@ -45,6 +47,13 @@ log = logging.getLogger("jarvis.worker")
 COMMIT_TIMEOUT = 10.0
 """Seconds after which an asynchronous commit that never reported back is sent again."""
 
+COMMIT_INTERVAL = 0.02
+"""Seconds at least between two asynchronous commits: while runs end by the hundred a
+second, one commit covers the offsets of several (each a request the broker serves)."""
+
+ASSIGNMENT_RECHECK_SECONDS = 0.1
+"""While paused, how often the loop looks for newly assigned partitions to pause."""
+
 BUSY_POLL_SECONDS = 0.005
 """The longest poll while runs are going: a run that ends frees its slot (and its
 offset) within this, for the next command waiting."""
@@ -77,6 +86,9 @@ class WorkerLoop:
         self.paused: set[Any] = set()
         self.committing = False
         self.commit_deadline = 0.0
+        self.next_commit = 0.0
+        self.commit_interval = COMMIT_INTERVAL
+        self.assignment_checked = 0.0
         self.last_poll = 0.0
         self.counts: dict[str, int] = {}
         self.counts_lock = threading.Lock()
@@ -202,7 +214,7 @@ class WorkerLoop:
                 raise NotYet(execution_id)  # handled once the run has ended
             return
         if self.leases.holder(execution_id) is not None:
-            self.stops.request(execution_id, command.mode)  # its renewer sees it
+            self.stops.request(execution_id, command.mode)  # its lease keeper sees it
             return
         if command.mode == "cancel" and self.endings.ended(execution_id) is None:
             # Nobody runs it (it is suspended, or never started): cancel it here.
@@ -231,10 +243,22 @@ class WorkerLoop:
 
     def flow_control(self) -> None:
         """Pause every assigned partition while the backlog is full or a command waits
-        for Redis (or for an earlier run of its execution); else resume."""
+        for Redis (or for an earlier run of its execution); resume once half the backlog
+        has started."""
         backing_off = bool(self.held) and time.monotonic() < self.held_until
-        hold = backing_off or len(self.held) >= max(1, self.settings.max_concurrency)
+        backlog = max(1, self.settings.max_concurrency)
+        # Paused, the partitions stay so until half the backlog has started: each resume
+        # costs fetches (the consumer drops what it had fetched of a paused partition),
+        # so it should bring in several commands, not one.
+        refill = len(self.held) <= backlog // 2 if self.paused else len(self.held) < backlog
+        hold = backing_off or not refill
         if hold:
+            # Once paused, the assignment is looked at again only now and then (for a
+            # partition a rebalance added): it is a list built anew at every call.
+            now = time.monotonic()
+            if self.paused and now < self.assignment_checked + ASSIGNMENT_RECHECK_SECONDS:
+                return
+            self.assignment_checked = now
             fresh = [p for p in self.consumer.assignment() if _tp(p) not in self.paused]
             if fresh:
                 self.consumer.pause(fresh)
@@ -250,8 +274,11 @@ class WorkerLoop:
 
     def commit(self, wait: bool = False) -> None:
         """Commit what is done. Asynchronous (a commit waits for the group coordinator,
-        seconds while Kafka is away); `committed` records the outcome."""
-        if self.committing and time.monotonic() < self.commit_deadline and not wait:
+        seconds while Kafka is away), one at a time and at most every `commit_interval`
+        seconds; `committed` records the outcome."""
+        now = time.monotonic()
+        if not wait and ((self.committing and now < self.commit_deadline)
+                         or now < self.next_commit):
             return
         positions = self.tracker.positions()
         if not positions:
@@ -265,7 +292,8 @@ class WorkerLoop:
                 self.committed(None, self.consumer.commit(offsets=offsets, asynchronous=False))
             else:
                 self.committing = True
-                self.commit_deadline = time.monotonic() + COMMIT_TIMEOUT
+                self.commit_deadline = now + COMMIT_TIMEOUT
+                self.next_commit = now + self.commit_interval
                 self.consumer.commit(offsets=offsets, asynchronous=True)
         except Exception as exc:  # tried again on the next step
             self.committing = False
@@ -290,8 +318,8 @@ class WorkerLoop:
             run.hand_over()
         deadline = time.monotonic() + self.settings.shutdown_grace_seconds
         for run in leaving:
-            if run.thread is not None:
-                run.thread.join(timeout=max(0.0, deadline - time.monotonic()))
+            if run.done is not None:
+                run.done.wait(timeout=max(0.0, deadline - time.monotonic()))
         self.collect_finished()
         self.held = deque(m for m in self.held if (m.topic(), m.partition()) not in lost)
         self.paused -= lost
@@ -305,8 +333,8 @@ class WorkerLoop:
             run.hand_over()
         deadline = time.monotonic() + self.settings.shutdown_grace_seconds
         for run in list(self.runs.values()):
-            if run.thread is not None:
-                run.thread.join(timeout=max(0.0, deadline - time.monotonic()))
+            if run.done is not None:
+                run.done.wait(timeout=max(0.0, deadline - time.monotonic()))
         self.collect_finished()
         self.commit(wait=True)
         # Suspended runs are not finished messages: their offsets stay uncommitted,

@@ -1,11 +1,14 @@
 """One execution on a worker: lease, run in a child process, status, release.
 
 A `Run` is started by the worker loop for a valid start command and runs in a thread
-of its own (the program itself runs in a child process; this thread performs its
-effects). It takes the execution's lease (waiting while another worker hands it
-over), renews it, watches Redis for stop requests, and reports every step as a status
-event. When it ends it hands its offset back to the loop, which alone talks to the
-consumer.
+of its own, an idle one of an earlier run or a new one (the program itself runs in a
+child process; this thread performs its effects). It takes the execution's lease
+(waiting while another worker hands it over; the same round trip says whether the
+execution already ended and reads its stop request), leaves the lease's renewal and
+the watch for stop requests to the worker's lease keeper (keeper.py), and reports
+every step as a status event; its ending is recorded in Redis in one round trip with
+the lease's release. When it ends it hands its offset back to the loop, which alone
+talks to the consumer.
 
 A run that loses its lease while this worker still holds the start command (Redis
 lost the lease, or stayed away longer than `reconnect_seconds`) tries again, quietly:
@@ -16,6 +19,7 @@ otherwise it resumes from the checkpoint.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -31,13 +35,14 @@ from jarvis.runtime.machine import Outcome
 from jarvis.runtime.statedir import ExecutionDir
 from jarvis.settings import WorkerSettings
 from jarvis.worker.artifacts import artifact_store
-from jarvis.worker.endings import TERMINAL, Endings
-from jarvis.worker.leases import Fence, FencedOff, Lease, Leases, read_fence
+from jarvis.worker.endings import TERMINAL, Endings, status_key
+from jarvis.worker.keeper import LeaseKeeper
+from jarvis.worker.leases import Beginning, Fence, FencedOff, Lease, Leases, read_fence
 from jarvis.worker.logs import KafkaLogSink
 from jarvis.worker.messages import effective_limits
 from jarvis.worker.metrics import WorkerMetrics
 from jarvis.worker.retry import Backoff, is_transient
-from jarvis.worker.stops import StopRequests
+from jarvis.worker.stops import StopRequests, stop_key
 
 log = logging.getLogger("jarvis.worker")
 
@@ -49,6 +54,9 @@ DUPLICATE: Final = "duplicate"
 """The execution had already ended: nothing was run."""
 
 T = TypeVar("T")
+
+IDLE_THREAD_SECONDS = 30.0
+"""How long a run thread waits for the next run before it ends."""
 
 
 @dataclass
@@ -67,7 +75,9 @@ class Run:
     execution_id: str
     position: Position
     command: Any
-    thread: threading.Thread | None = None
+    # Set once the run has ended and handed its offset back (None: not started by a
+    # Runner, as in tests of the loop).
+    done: threading.Event | None = None
     stop_mode: str | None = None
     stop_event: threading.Event = field(default_factory=threading.Event)
     outcome_status: str | None = None
@@ -171,13 +181,41 @@ class Runner:
         self.leases = Leases(redis, worker_id, settings.redis.lease_seconds)
         self.endings = Endings(redis, settings.state_dir)
         self.stops = StopRequests(redis)
+        self.keeper = LeaseKeeper(redis, self.leases, settings.redis.lease_seconds)
+        # Run threads waiting for a run (`idle_threads` of them) and runs handed to them.
+        self.threads_lock = threading.Lock()
+        self.idle_threads = 0
+        self.pending: queue.SimpleQueue[Run] = queue.SimpleQueue()
         # Where programs' artifacts and large outputs go: S3, or the state directory.
         self.artifacts = artifact_store(settings)
 
     def start(self, run: Run) -> None:
-        run.thread = threading.Thread(target=self._thread, args=(run,),
-                                      name=f"run-{run.execution_id}", daemon=True)
-        run.thread.start()
+        """Run `run` in a thread: an idle one of an earlier run, else a new one."""
+        run.done = threading.Event()
+        with self.threads_lock:
+            if self.idle_threads:
+                self.idle_threads -= 1
+                self.pending.put(run)
+                return
+        threading.Thread(target=self._serve, args=(run,), name="run", daemon=True).start()
+
+    def _serve(self, run: Run) -> None:
+        """A run thread: runs `run`, then the runs `start` hands it while it waits (a
+        thread costs a clone and a few hand-overs of the GIL to start and to end); ends
+        after `IDLE_THREAD_SECONDS` without one."""
+        while True:
+            self._thread(run)
+            with self.threads_lock:
+                self.idle_threads += 1
+            try:
+                run = self.pending.get(timeout=IDLE_THREAD_SECONDS)
+            except queue.Empty:
+                with self.threads_lock:
+                    try:  # handed one just as the wait ended
+                        run = self.pending.get_nowait()
+                    except queue.Empty:
+                        self.idle_threads -= 1
+                        return
 
     # -- attempts -------------------------------------------------------------------
 
@@ -194,6 +232,8 @@ class Runner:
             self.metrics.run_ended(run.outcome_status or "failed",
                                    time.monotonic() - run.started)
             self.finished(run)
+            if run.done is not None:
+                run.done.set()
 
     def _attempts(self, run: Run) -> str:
         backoff = Backoff(first=0.2, ceiling=max(self.settings.redis.lease_seconds, 1.0))
@@ -221,22 +261,19 @@ class Runner:
     def _attempt(self, run: Run, quiet: bool) -> str:
         execution_id = run.execution_id
         directory = ExecutionDir(self.settings.state_dir, execution_id)
-        lease = self._take_lease(run, directory)
+        began = self._take_lease(run, directory)
+        if began.lease is None:  # Redis records that the execution ended
+            return self._duplicate(run, str(began.ended), quiet)
+        lease = began.lease
         fence = Fence(directory.root, lease, self.leases, self.settings.redis.reconnect_seconds)
-        keep_alive = threading.Event()
-        renewer = threading.Thread(target=self._renew, args=(run, lease, keep_alive),
-                                   name=f"lease-{execution_id}", daemon=True)
         try:
-            ended = self._retrying(run, lambda: self.endings.ended(execution_id))
+            ended = self._retrying(run, lambda: self.endings.ended_on_disk(execution_id))
             if ended is not None:
-                if not quiet:
-                    self.publish(execution_id, DUPLICATE, error={
-                        "type": "Duplicate", "message": f"the execution is {ended}"})
-                return DUPLICATE
+                return self._duplicate(run, ended, quiet)
             directory.create()
             fence.claim()
-            self._take_stop_request(run)
-            renewer.start()
+            self._take_stop_request(run, began.stop)
+            self.keeper.add(run, lease)
             return self._execute(run, directory, fence, lease)
         except FencedOff as exc:
             log.warning("execution %s: %s; this worker says nothing more about it",
@@ -244,13 +281,19 @@ class Runner:
             run.stop_event.set()
             return FENCED
         finally:
-            keep_alive.set()
-            if renewer.is_alive():
-                renewer.join(timeout=5)
-            try:
-                self.leases.release(lease)
-            except Exception:  # Redis away: the lease lapses by itself
-                log.debug("execution %s: lease not released", execution_id, exc_info=True)
+            self.keeper.remove(lease)
+            if not lease.released:
+                try:
+                    self.leases.release(lease)
+                except Exception:  # Redis away: the lease lapses by itself
+                    log.debug("execution %s: lease not released", execution_id,
+                              exc_info=True)
+
+    def _duplicate(self, run: Run, ended: str, quiet: bool) -> str:
+        if not quiet:
+            self.publish(run.execution_id, DUPLICATE, error={
+                "type": "Duplicate", "message": f"the execution is {ended}"})
+        return DUPLICATE
 
     def _execute(self, run: Run, directory: ExecutionDir, fence: Fence, lease: Lease) -> str:
         execution_id = run.execution_id
@@ -264,13 +307,13 @@ class Runner:
             fence.guard()
             directory.write_status({"status": "failed", "error": error})
             self.publish(execution_id, "failed", attempt=lease.token, error=error)
-            self._remember(run, "failed")
+            self._remember(run, "failed", lease)
             return "failed"
         program = compilation.program(command.trace or self.settings.trace_level)
         resumed = directory.journal.exists()
         self.publish(execution_id, "resumed" if resumed else "started", attempt=lease.token)
+        # Where a resumed run's delivery stopped, the Execution reads (trace.seq).
         sink = KafkaLogSink(self.logs_producer, self.settings.kafka.logs_topic, execution_id,
-                            last_delivered=directory.read_trace_seq() or 0,
                             guard=fence.guard, on_events=self.metrics.count_trace_events)
         limits = effective_limits(self.settings.limits, command.limits)
 
@@ -291,23 +334,24 @@ class Runner:
         if outcome.status == "failed" and outcome.error is not None \
                 and is_transient(outcome.error):
             raise outcome.error  # the state directory failed, not the program
-        return self._report(run, outcome, fence, lease.token)
+        return self._report(run, outcome, fence, lease)
 
-    def _report(self, run: Run, outcome: Outcome, fence: Fence, token: int) -> str:
+    def _report(self, run: Run, outcome: Outcome, fence: Fence, lease: Lease) -> str:
         execution_id = run.execution_id
+        token = lease.token
         stop_mode = run.finish()
         if outcome.status == "suspended" and stop_mode == "cancel":
             fence.guard()
             self.endings.cancel(execution_id)
             self.publish(execution_id, "cancelled", attempt=token, counters=outcome.counters)
-            self._remember(run, "cancelled")
+            self._remember(run, "cancelled", lease)
             return "cancelled"
         error = error_record(outcome) if outcome.error is not None else None
         self.publish(execution_id, outcome.status, attempt=token,
                      result=self._result(execution_id, outcome.outputs),
                      error=error, counters=outcome.counters)
         if outcome.status in TERMINAL:
-            self._remember(run, outcome.status)
+            self._remember(run, outcome.status, lease)
         elif outcome.status == "suspended" and stop_mode == "suspend" and not run.handover:
             self._quietly(lambda: self.stops.clear(execution_id))
         return outcome.status
@@ -325,22 +369,25 @@ class Runner:
 
     # -- Redis ----------------------------------------------------------------------
 
-    def _take_lease(self, run: Run, directory: ExecutionDir) -> Lease:
-        """The execution's lease; waits while another worker holds it or Redis is away."""
+    def _take_lease(self, run: Run, directory: ExecutionDir) -> Beginning:
+        """The execution's lease (with its stop request), or how it ended when Redis
+        says it did; waits while another worker holds it or Redis is away."""
         poll = min(max(self.settings.redis.lease_seconds / 4, 0.05), 1.0)
         backoff = Backoff()
         while True:
             if run.handover:
                 raise _HandedOver()
             try:
-                lease = self.leases.acquire(run.execution_id, read_fence(directory.root))
+                began = self.leases.begin(run.execution_id, read_fence(directory.root),
+                                          status_key(run.execution_id),
+                                          stop_key(run.execution_id), TERMINAL)
             except Exception as exc:
                 if not is_transient(exc):
                     raise
                 delay = backoff.next_delay()
             else:
-                if lease is not None:
-                    return lease
+                if began.lease is not None or began.ended is not None:
+                    return began
                 delay = poll  # held by a worker that is handing it over, or stale
             if not self._pause(run, delay):
                 raise _HandedOver()
@@ -357,23 +404,27 @@ class Runner:
             if not self._pause(run, backoff.next_delay()):
                 raise _HandedOver()
 
-    def _take_stop_request(self, run: Run) -> None:
-        """A cancel left in Redis still holds; a suspend was meant for an earlier run
-        (stops of runs here reach them directly, in order with their starts)."""
-        mode = self._retrying(run, lambda: self.stops.pending(run.execution_id))
+    def _take_stop_request(self, run: Run, mode: str | None) -> None:
+        """A cancel left in Redis (`mode`, read with the lease) still holds; a suspend
+        was meant for an earlier run (stops of runs here reach them directly, in order
+        with their starts)."""
         if mode == "cancel":
             run.request_stop(mode)
         elif mode is not None:
             self._retrying(run, lambda: self.stops.clear(run.execution_id))
 
-    def _remember(self, run: Run, status: str) -> None:
-        """Record the ending in Redis; the state directory has it anyway, so a Redis
-        that stays away past `reconnect_seconds` is not waited for."""
+    def _remember(self, run: Run, status: str, lease: Lease) -> None:
+        """Record the ending in Redis, and release the lease in the same round trip;
+        the state directory has the ending anyway, so a Redis that stays away past
+        `reconnect_seconds` is not waited for (the lease then lapses by itself)."""
+        self.keeper.remove(lease)  # no renewal after the release
         give_up = time.monotonic() + self.settings.redis.reconnect_seconds
         backoff = Backoff()
         while True:
             try:
-                self.endings.record(run.execution_id, status, self.worker_id, clear_stop=True)
+                self.endings.record(run.execution_id, status, self.worker_id, clear_stop=True,
+                                    then=lambda pipe: self.leases.release(lease, pipe))
+                lease.released = True
                 return
             except Exception as exc:
                 if not is_transient(exc) or time.monotonic() >= give_up:
@@ -399,20 +450,3 @@ class Runner:
                 return True
             time.sleep(min(remaining, 0.05))
         return False
-
-    def _renew(self, run: Run, lease: Lease, done: threading.Event) -> None:
-        interval = max(self.settings.redis.lease_seconds / 3, 0.05)
-        poll = min(interval, 0.2)
-        next_renewal = time.monotonic() + interval
-        while not done.wait(poll):
-            try:
-                mode = self.stops.pending(run.execution_id)
-                if mode:
-                    run.request_stop(mode)
-                if time.monotonic() >= next_renewal:
-                    next_renewal = time.monotonic() + interval
-                    if not self.leases.renew(lease):
-                        run.stop_event.set()  # lost: stop, and the fence refuses writes
-                        return
-            except Exception:  # Redis briefly away: the guard waits for it before writing
-                continue

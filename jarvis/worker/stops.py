@@ -1,8 +1,8 @@
 """Stop requests: a `stop` command reaches whichever worker runs the execution.
 
 The worker that reads a `stop` tells its own run at once; the request is also left in
-Redis (`jarvis:stop:{id}`, for a day), where the run's renewer looks for it, in case
-another worker holds the execution's lease.
+Redis (`jarvis:stop:{id}`, for a day), where the lease keeper (keeper.py) of whichever
+worker holds the execution's lease looks for it.
 """
 
 from __future__ import annotations

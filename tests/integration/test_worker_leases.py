@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -9,7 +10,10 @@ import pytest
 from services import RedisServer
 from test_worker_support import unique
 
+from jarvis.worker.endings import status_key
+from jarvis.worker.keeper import LeaseKeeper
 from jarvis.worker.leases import Fence, FencedOff, Leases, fence_key, lease_key, read_fence
+from jarvis.worker.stops import stop_key
 
 
 @pytest.fixture
@@ -118,3 +122,89 @@ def test_the_guard_waits_for_redis_then_gives_up(tmp_path: Path) -> None:
         assert 0.9 < time.monotonic() - started < 5
     finally:
         server.close()
+
+
+TERMINAL = frozenset({"completed", "failed", "cancelled"})
+
+
+def test_begin_takes_the_lease_and_reads_the_ending_and_the_stop_at_once(
+        redis_server: RedisServer, execution_id: str) -> None:
+    client = redis_server.client()
+    a = Leases(client, "a", ttl_seconds=5)
+    b = Leases(client, "b", ttl_seconds=5)
+    status, stop = status_key(execution_id), stop_key(execution_id)
+    client.set(stop, "cancel")
+
+    began = a.begin(execution_id, 7, status, stop, TERMINAL)
+    assert began.lease is not None and began.lease.token == 8  # above the fence file's
+    assert (began.ended, began.stop) == (None, "cancel")
+    assert a.holder(execution_id) == f"a:{began.lease.token}"
+    held = b.begin(execution_id, 0, status, stop, TERMINAL)
+    assert (held.lease, held.ended, held.stop) == (None, None, "cancel")
+
+    a.release(began.lease)
+    client.hset(status, mapping={"status": "completed"})
+    ended = b.begin(execution_id, 0, status, stop, TERMINAL)
+    assert (ended.lease, ended.ended) == (None, "completed")
+    assert a.holder(execution_id) is None  # an ended execution's lease is not taken
+    assert client.get(fence_key(execution_id)) == b"8"  # and no token is spent on it
+
+
+class KeptRun:
+    def __init__(self, execution_id: str) -> None:
+        self.execution_id = execution_id
+        self.stop_event = threading.Event()
+        self.stops: list[str] = []
+
+    def request_stop(self, mode: str) -> bool:
+        self.stops.append(mode)
+        self.stop_event.set()
+        return True
+
+
+def test_the_keeper_renews_leases_and_brings_stop_requests(redis_server: RedisServer) -> None:
+    client = redis_server.client()
+    leases = Leases(client, "a", ttl_seconds=0.3)
+    keeper = LeaseKeeper(client, leases, lease_seconds=0.3)  # renews every 0.1 s
+    quiet, stopped = KeptRun(unique("kept")), KeptRun(unique("kept"))
+    kept = {}
+    for run in (quiet, stopped):
+        lease = leases.acquire(run.execution_id)
+        assert lease is not None
+        kept[run.execution_id] = lease
+        keeper.add(run, lease)
+    client.set(stop_key(stopped.execution_id), "suspend")
+
+    time.sleep(1.0)  # three lease times: only renewals keep them
+    for run in (quiet, stopped):
+        lease = kept[run.execution_id]
+        assert leases.holder(run.execution_id) == lease.value
+        assert lease.deadline > time.monotonic()
+    assert quiet.stops == [] and not quiet.stop_event.is_set()
+    assert stopped.stops and set(stopped.stops) == {"suspend"}
+
+    for run in (quiet, stopped):
+        keeper.remove(kept[run.execution_id])
+        leases.release(kept[run.execution_id])
+    time.sleep(0.5)  # nothing renews (so takes back) a lease that was let go
+    assert leases.holder(quiet.execution_id) is None
+    assert leases.holder(stopped.execution_id) is None
+    assert keeper.thread is None  # it ends when it has nothing to keep
+
+
+def test_the_keeper_stops_a_run_whose_lease_was_taken(redis_server: RedisServer) -> None:
+    client = redis_server.client()
+    a = Leases(client, "a", ttl_seconds=0.3)
+    b = Leases(client, "b", ttl_seconds=5)
+    keeper = LeaseKeeper(client, a, lease_seconds=0.3)
+    run = KeptRun(unique("kept"))
+    lease = a.acquire(run.execution_id)
+    assert lease is not None
+    keeper.add(run, lease)
+    client.delete(lease_key(run.execution_id))
+    taken = b.acquire(run.execution_id)  # a newer token: a's renewal must not win
+    assert taken is not None
+
+    assert run.stop_event.wait(2.0)
+    assert run.stops == [] and lease.deadline == 0.0
+    assert b.holder(run.execution_id) == taken.value
