@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from fake_producer import FakeProducer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -317,23 +318,6 @@ def test_a_run_through_the_batches_gives_the_events_of_a_run_without_them() -> N
     assert len(relay.batches) > 3
 
 
-class Producer:
-    def __init__(self) -> None:
-        self.sent: list[bytes] = []
-        self.pending: list[Callable[[Any, Any], None]] = []
-
-    def produce(self, topic: str, value: bytes, key: bytes,
-                on_delivery: Callable[[Any, Any], None]) -> None:
-        self.sent.append(value)
-        self.pending.append(on_delivery)
-
-    def poll(self, timeout: float) -> int:
-        done, self.pending = self.pending, []
-        for callback in done:
-            callback(None, None)
-        return len(done)
-
-
 def test_the_kafka_sink_sends_a_batch_as_it_sends_its_events(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -341,7 +325,7 @@ def test_the_kafka_sink_sends_a_batch_as_it_sends_its_events(
     relay = Relay(SiteTable("ex-1", program.trace_sites))
     run_traced(PROGRAM, relay)
     monkeypatch.setattr("jarvis.worker.logs.MAX_MESSAGE_BYTES", 2000)
-    encoded, plain = Producer(), Producer()
+    encoded, plain = FakeProducer(), FakeProducer()
     fast = KafkaLogSink(encoded, "spy_logs", "ex-1", last_delivered=10)
     slow = KafkaLogSink(plain, "spy_logs", "ex-1", last_delivered=10)
     for batch in relay.batches:
@@ -354,18 +338,18 @@ def test_the_kafka_sink_sends_a_batch_as_it_sends_its_events(
         return [line.rsplit(b" ", 1)[0].decode() for value in sent
                 for line in value.split(b"\n")[:-1]]
 
-    assert without_stamps(encoded.sent) == without_stamps(plain.sent)
-    assert [len(v) for v in encoded.sent] == [len(v) for v in plain.sent]
-    assert all(len(value) <= 2000 for value in encoded.sent)
-    seqs = [int(line.split("seq=")[1].split("i")[0]) for line in without_stamps(encoded.sent)]
+    assert without_stamps(encoded.values) == without_stamps(plain.values)
+    assert [len(v) for v in encoded.values] == [len(v) for v in plain.values]
+    assert all(len(value) <= 2000 for value in encoded.values)
+    seqs = [int(line.split("seq=")[1].split("i")[0]) for line in without_stamps(encoded.values)]
     assert seqs == list(range(11, relay.batches[-1].last_seq + 1))
-    stamps = [int(line.rsplit(b" ", 1)[1]) for v in encoded.sent for line in v.split(b"\n")[:-1]]
+    stamps = [int(line.rsplit(b" ", 1)[1]) for v in encoded.values for line in v.split(b"\n")[:-1]]
     assert stamps == sorted(set(stamps))
     assert fast.last_delivered == relay.batches[-1].last_seq == fast.events_sent + 10
 
 
 def test_the_kafka_sink_checks_a_batch_it_has_already_sent() -> None:
-    sink = KafkaLogSink(Producer(), "spy_logs", "ex-1", last_delivered=100)
+    sink = KafkaLogSink(FakeProducer(), "spy_logs", "ex-1", last_delivered=100)
     with pytest.raises(ChannelError):
         sink.deliver(EncodedBatch(blob_of([(0, "1", "int")])[:-1], one_site_table()))
 

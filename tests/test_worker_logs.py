@@ -2,36 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import pytest
+from fake_producer import FakeProducer
 
 from jarvis.runtime.trace import TraceEvent
 from jarvis.worker import logs
 from jarvis.worker.leases import FencedOff
 from jarvis.worker.logs import KafkaLogSink
-
-
-class Producer:
-    def __init__(self, full_times: int = 0) -> None:
-        self.pending: list[Callable[[Any, Any], None]] = []
-        self.sent: list[tuple[str, bytes, bytes]] = []
-        self.full_times = full_times
-
-    def produce(self, topic: str, value: bytes, key: bytes,
-                on_delivery: Callable[[Any, Any], None]) -> None:
-        if self.full_times:
-            self.full_times -= 1
-            raise BufferError("queue full")
-        self.sent.append((topic, value, key))
-        self.pending.append(on_delivery)
-
-    def poll(self, timeout: float) -> int:
-        done, self.pending = self.pending, []
-        for callback in done:
-            callback(None, None)
-        return len(done)
 
 
 def events(first: int, last: int) -> list[TraceEvent]:
@@ -40,7 +17,7 @@ def events(first: int, last: int) -> list[TraceEvent]:
 
 
 def test_batches_are_line_protocol_keyed_by_execution_with_rising_timestamps() -> None:
-    producer = Producer()
+    producer = FakeProducer()
     progress: list[int] = []
     counted: list[int] = []
     sink = KafkaLogSink(producer, "spy_logs", "ex-1", on_progress=progress.append,
@@ -61,7 +38,7 @@ def test_batches_are_line_protocol_keyed_by_execution_with_rising_timestamps() -
 
 def test_large_batches_are_split_into_messages(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(logs, "MAX_MESSAGE_BYTES", 300)
-    producer = Producer()
+    producer = FakeProducer()
     sink = KafkaLogSink(producer, "spy_logs", "ex-1")
     sink.deliver(events(1, 10))
     assert len(producer.sent) > 1
@@ -69,14 +46,14 @@ def test_large_batches_are_split_into_messages(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_a_full_producer_is_waited_for() -> None:
-    producer = Producer(full_times=3)
+    producer = FakeProducer(full_times=3)
     sink = KafkaLogSink(producer, "spy_logs", "ex-1")
     sink.deliver(events(1, 2))
     assert len(producer.sent) == 1 and sink.flush(1)
 
 
 def test_a_fenced_sink_sends_nothing() -> None:
-    producer = Producer()
+    producer = FakeProducer()
 
     def guard() -> None:
         raise FencedOff("taken over")

@@ -630,6 +630,24 @@ decimal_next(Decimal *x)
 
 #define LITERAL(b, s) put((b), (s), (Py_ssize_t)(sizeof(s) - 1))
 
+/* The `type` field of a line: the batch's type name at index `type` (checked against
+ * the batch's table of `count` names, whose ends are `ends`). */
+static int
+put_type(Buf *b, uint64_t type, uint64_t count, const Py_ssize_t *ends, const char *names)
+{
+    if (type >= count) {
+        return malformed("type index out of range");
+    }
+    Py_ssize_t from = ends[type], to = ends[type + 1];
+    if (reserve(b, to - from + 64) < 0) {
+        return -1;
+    }
+    LITERAL(b, "\",type=\"");
+    put(b, names + from, to - from);
+    LITERAL(b, "\"");
+    return 0;
+}
+
 PyDoc_STRVAR(render_doc,
 "render(blob, heads, site_kinds, middles, first_ns, skip, max_message_bytes, /)\n"
 "    -> (messages, last_seqs)\n\n"
@@ -780,19 +798,9 @@ render(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                     failed = 1;
                     malformed("type index out of range");
                 }
-                else if (put_field(b, &r) < 0) {
+                else if (put_field(b, &r) < 0
+                         || put_type(b, type, type_count, type_ends, types.data) < 0) {
                     failed = 1;
-                }
-                else {
-                    Py_ssize_t from = type_ends[type], to = type_ends[type + 1];
-                    if (reserve(b, to - from + 64) < 0) {
-                        failed = 1;
-                    }
-                    else {
-                        LITERAL(b, "\",type=\"");
-                        put(b, types.data + from, to - from);
-                        LITERAL(b, "\"");
-                    }
                 }
             }
         }
@@ -847,14 +855,8 @@ render(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                     failed = 1;
                 }
                 else {
-                    Py_ssize_t from = type_ends[type], to = type_ends[type + 1];
-                    if (reserve(b, to - from + 64) < 0) {
+                    if (put_type(b, type, type_count, type_ends, types.data) < 0) {
                         failed = 1;
-                    }
-                    else {
-                        LITERAL(b, "\",type=\"");
-                        put(b, types.data + from, to - from);
-                        LITERAL(b, "\"");
                     }
                     double duration;
                     if (!failed && has_duration) {
