@@ -7,14 +7,22 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from jarvis.compiler import Compilation
 from jarvis.runtime.books import BookRegistry
+from jarvis.runtime.channel import ChannelClosed
+from jarvis.runtime.children import ChildDied
 from jarvis.runtime.execution import Execution, error_type_name
-from jarvis.runtime.isolation import CHILD_ENVIRONMENT, ChildPool, ChildProcess
+from jarvis.runtime.isolation import (
+    CHILD_ENVIRONMENT,
+    ChildPool,
+    ChildProcess,
+    HostServices,
+    run_in_child,
+)
 from jarvis.runtime.sinks import MemorySink
 from jarvis.settings import load_settings
 
@@ -129,3 +137,46 @@ def test_a_child_dies_with_its_host() -> None:
         time.sleep(0.1)
     os.kill(child_pid, signal.SIGKILL)
     pytest.fail("the child outlived its host")
+
+
+class _ClosedChannel:
+    """A channel whose child is gone: the host finds out when it writes."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    def send(self, header: dict[str, Any], blob: bytes = b"") -> None:
+        self.sent += 1
+        raise ChannelClosed("[Errno 32] Broken pipe")
+
+    def receive(self) -> tuple[dict[str, Any], bytes]:
+        raise AssertionError("nothing is read from a channel that failed at a write")
+
+
+class _DeadChild:
+    def __init__(self) -> None:
+        self.channel = _ClosedChannel()
+
+    def cause_of_death(self) -> str:
+        return "the execution's process was killed by SIGKILL"
+
+    def wait(self, timeout: float) -> int:
+        return -signal.SIGKILL
+
+    def log_tail(self, limit: int = 4000) -> str:
+        return ""
+
+    def signal(self, number: int) -> None:
+        raise AssertionError("a dead child is not signalled")
+
+
+def test_a_child_found_dead_at_a_write_fails_its_execution() -> None:
+    # The host may learn of the death when it writes (EPIPE), not only when it reads.
+    child = _DeadChild()
+    services = HostServices(journal=cast(Any, None), snapshots=cast(Any, None),
+                            sink=cast(Any, None), books=cast(Any, None))
+    outcome = run_in_child(cast(Any, child), {"op": "start"}, b"", services, lambda: False)
+    assert child.channel.sent == 1
+    assert outcome.status == "failed"
+    assert isinstance(outcome.error, ChildDied)
+    assert "killed by SIGKILL" in str(outcome.error)

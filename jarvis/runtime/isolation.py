@@ -161,32 +161,30 @@ def run_in_child(
     try:
         channel.send(start, blob)
         while True:
-            try:
-                header, data = channel.receive()
-            except (ChannelClosed, ChannelError) as exc:
-                if not isinstance(exc, ChannelClosed):
-                    return Outcome("failed", {}, ChildDied(str(exc)))
-                cause = child.cause_of_death()  # a limit it died of is named as one
-                limit = limit_of_death(child.wait(timeout=30), child.log_tail())
-                return Outcome("failed", {}, limit or ChildDied(cause))
+            header, data = channel.receive()
             op = header.get("op")
             if op == "outcome":
                 return _outcome(header)
             try:
                 answer = _perform(op, header, data, services)
             except BookError as exc:
-                channel.send({"book_error": {"type": exc.error_type, "message": exc.message,
-                                             "status": exc.status}})
-                continue
+                answer = {"book_error": {"type": exc.error_type, "message": exc.message,
+                                         "status": exc.status}}
             except Exception as exc:
-                channel.send({"error": str(exc), "type": type(exc).__name__})
                 if op in ("journal", "snapshot"):
                     # A refused write (a stale lease, a full disk): the run cannot go on.
                     child.signal(signal.SIGKILL)
                     child.wait(timeout=30)
                     return Outcome("failed", {}, exc)
-                continue
+                answer = {"error": str(exc), "type": type(exc).__name__}
             channel.send(answer)
+    except ChannelClosed:
+        # The child died, whether it was found at a read or at a write to it.
+        cause = child.cause_of_death()  # a limit it died of is named as one
+        limit = limit_of_death(child.wait(timeout=30), child.log_tail())
+        return Outcome("failed", {}, limit or ChildDied(cause))
+    except ChannelError as exc:  # the child broke the channel's framing
+        return Outcome("failed", {}, ChildDied(str(exc)))
     finally:
         _STOPS.forget(watch)
 
