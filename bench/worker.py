@@ -8,7 +8,9 @@ the worker:
   start command on `spy_control` to reading its `completed` event on `spy_status`;
 - throughput: many trivial programs started at once; completed executions per second,
   from the first start produced to the last `completed` read, the worker at its
-  maximum concurrency;
+  maximum concurrency (16: a trivial run spends most of its time waiting on Kafka and
+  Redis round trips; with 8 at once the two cores idled part of the time, and the
+  cell measured about a tenth less), read by a batched status reader (`StatusReader`);
 - trace: a program emitting many trace events (trace=full); events per second from
   the start command to its `completed` event (the median of several runs), which the
   worker publishes only after the broker acknowledged every event on `spy_logs`; and
@@ -57,29 +59,61 @@ output("total", total)
 
 
 class StatusReader:
-    """Reads the status topic in a thread; `arrived[(execution_id, status)]` is when."""
+    """Reads the status topic in a thread; `arrived[(execution_id, status)]` is when.
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        from confluent_kafka import Consumer
+    Eager (the default), a fetch returns as soon as one event arrives: what the latency
+    cell needs. `batched` is how a consumer of a busy topic reads: a fetch waits up to
+    `BATCH_WAIT_MS` for `BATCH_BYTES`, so a burst of events costs the broker (on the
+    same two cores as the worker) one fetch per batch rather than one per event or two;
+    it reads from the topic's end as it was when the reader was made, without a group.
+    """
 
-        self.consumer = Consumer({
+    BATCH_WAIT_MS = 20
+    BATCH_BYTES = 1 << 20
+
+    def __init__(self, bootstrap: str, topic: str, batched: bool = False) -> None:
+        from confluent_kafka import Consumer, TopicPartition
+
+        config: dict[str, Any] = {
             "bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4().hex[:8]}",
             "auto.offset.reset": "earliest", "enable.auto.commit": False,
             # A fetch returns as soon as an event arrives; the wait only bounds how
             # often an idle reader asks again (each an empty fetch the broker serves on
             # the same two cores as the worker).
             "fetch.wait.max.ms": 100,
-        })
-        self.consumer.subscribe([topic])
+        }
+        if batched:
+            config.update({"fetch.wait.max.ms": self.BATCH_WAIT_MS,
+                           "fetch.min.bytes": self.BATCH_BYTES})
+        self.consumer = Consumer(config)
+        if batched:
+            partitions = self.consumer.list_topics(topic, timeout=10).topics[topic].partitions
+            starts = []
+            for partition in partitions:
+                _low, high = self.consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=10)
+                starts.append(TopicPartition(topic, partition, high))
+            self.consumer.assign(starts)
+        else:
+            self.consumer.subscribe([topic])
         self.arrived: dict[tuple[str, str], float] = {}
         self.events: dict[str, dict[str, Any]] = {}
         self.lock = threading.Condition()
         self.closing = threading.Event()
+        self.pausing = threading.Event()
         self.thread = threading.Thread(target=self._read, daemon=True)
         self.thread.start()
 
     def _read(self) -> None:
+        paused: list[Any] = []
         while not self.closing.is_set():
+            if self.pausing.is_set() != bool(paused):
+                if paused:
+                    self.consumer.resume(paused)
+                    paused = []
+                else:
+                    paused = self.consumer.assignment()
+                    self.consumer.pause(paused)
             message = self.consumer.poll(0.05)
             if message is None or message.error() is not None:
                 continue
@@ -121,7 +155,7 @@ class Bench:
         kafka.create_topic(self.topics["control"], partitions=4)
         for kind in ("status", "logs", "metrics", "dlq"):
             kafka.create_topic(self.topics[kind], partitions=1)
-        self.concurrency = 8
+        self.concurrency = 16  # JARVIS_MAX_CONCURRENCY (see the module's docstring)
         self.state_dir = state_dir = Path(tempfile.mkdtemp(prefix="jarvis-bench-state-",
                                                            dir=_memory_dir()))
         env = {key: value for key, value in os.environ.items()
@@ -214,13 +248,23 @@ class Bench:
                 "min_ms": round(ordered[0] * 1e3, 3), "max_ms": round(ordered[-1] * 1e3, 3)}
 
     def throughput(self, count: int) -> dict[str, Any]:
+        """Completed executions per second, read by a batched reader (the eager one
+        pauses meanwhile, and reads the events afterwards)."""
         ids = [f"thr-{uuid.uuid4().hex[:10]}" for _ in range(count)]
-        first = time.perf_counter()
-        for n, execution_id in enumerate(ids):
-            self.start(execution_id, TRIVIAL, {"n": n}, flush=False)
-        self.producer.flush(30)
-        self.status.wait(ids, timeout=300)
-        last = max(self.status.arrived[(i, "completed")] for i in ids)
+        reader = StatusReader(self.kafka.bootstrap_servers, self.topics["status"],
+                              batched=True)
+        self.status.pausing.set()
+        try:
+            first = time.perf_counter()
+            for n, execution_id in enumerate(ids):
+                self.start(execution_id, TRIVIAL, {"n": n}, flush=False)
+            self.producer.flush(30)
+            reader.wait(ids, timeout=300)
+        finally:
+            self.status.pausing.clear()
+            reader.close()
+        self.status.wait(ids, timeout=60)  # the eager reader has caught up
+        last = max(reader.arrived[(i, "completed")] for i in ids)
         seconds = last - first
         return {"count": count, "seconds": round(seconds, 3),
                 "per_second": round(count / seconds, 1),

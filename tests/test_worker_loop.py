@@ -238,6 +238,7 @@ def make_worker(tmp_path: Path, **settings: Any) -> Worker:
 
     loop = WorkerLoop(config, "w1", consumer, producer, fake_redis, factory)
     loop.commit_interval = 0.0  # a commit at every step (one is batched further below)
+    loop.pause_after = 0.0  # a full worker pauses at once (the wait before is tested below)
     consumer.on_commit = loop.committed
     return Worker(loop, consumer, producer, fake_redis, runners[0], config)
 
@@ -294,6 +295,36 @@ def test_a_full_worker_pauses_its_partitions_until_a_run_ends(tmp_path: Path) ->
     worker.runner.end(worker.runner.started[0], "completed")
     worker.steps()
     assert [r.execution_id for r in worker.runner.started] == ["e1", "e2"]
+
+
+def test_a_full_worker_waits_a_while_before_it_pauses(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Full, the loop first takes nothing more without pausing: the next commands stay
+    fetched for a slot a run frees; full for longer than `pause_after`, it pauses."""
+    clock = [1000.0]
+    monkeypatch.setattr("jarvis.worker.loop.time.monotonic", lambda: clock[0])
+    worker = make_worker(tmp_path, max_concurrency=1)
+    worker.loop.pause_after = 0.5
+    for name in ("e1", "e2", "e3", "e4"):
+        worker.consumer.send(start(name), name.encode())
+    worker.steps(5)
+    assert [r.execution_id for r in worker.runner.started] == ["e1"]
+    assert [m.key() for m in worker.loop.held] == [b"e2"]
+    assert worker.consumer.paused == set()
+    assert [m.key() for m in worker.consumer.queue] == [b"e3", b"e4"]  # not taken
+
+    clock[0] += 0.3  # a run ends within the wait: the next one starts, no pause
+    worker.runner.end(worker.runner.started[0], "completed")
+    worker.steps(3)
+    assert [r.execution_id for r in worker.runner.started] == ["e1", "e2"]
+    assert [m.key() for m in worker.loop.held] == [b"e3"]
+    assert worker.consumer.paused == set()
+
+    clock[0] += 0.6  # full for longer than the wait: paused
+    worker.steps(2)
+    assert worker.consumer.paused == {(TOPIC, 0), (TOPIC, 1)}
+    assert [m.key() for m in worker.consumer.queue] == [b"e4"]
+    assert [m.key() for m in worker.loop.held] == [b"e3"]
 
 
 def test_a_full_worker_keeps_a_backlog_that_starts_as_runs_end(tmp_path: Path) -> None:

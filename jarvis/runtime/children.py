@@ -32,6 +32,18 @@ CHILD_ENVIRONMENT = {
 }
 
 
+def remove_workdir(path: str) -> None:
+    """Remove a child's working directory once it has ended: one `rmdir`, as it is
+    empty (its seccomp filter keeps a child from creating files), or the whole tree
+    when a child left something there (one that ran without the filter)."""
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        return
+    except OSError:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 class ChildDied(Exception):
     """The child process running an execution exited without reporting an outcome."""
 
@@ -83,7 +95,7 @@ class Child:
         finally:
             self.channel.close()
             self.log.close()
-            shutil.rmtree(self.workdir, ignore_errors=True)
+            remove_workdir(self.workdir)
 
 
 class ChildProcess(Child):

@@ -9,9 +9,10 @@ message and before the program's code runs, whether it was spawned or forked:
   limit), CPU seconds (`RLIMIT_CPU`: at the limit the kernel ends the process with
   SIGXCPU, which the host reports as `LimitExceeded('cpu_seconds')`), open files,
   processes (`RLIMIT_NPROC` counts every task of the user, so it is set to what the
-  user runs now plus a headroom), file size (the child writes no files; the limit
-  bounds its log) and no core files. Hard limits are lowered with the soft ones, so
-  the program cannot raise them again.
+  user runs plus a headroom; a zygote counts at most every `TASK_COUNT_SECONDS` and
+  its children start from that count, see `user_tasks`), file size (the child
+  writes no files; the limit bounds its log) and no core files. Hard limits are
+  lowered with the soft ones, so the program cannot raise them again.
 - A seccomp filter (built by libseccomp through `pyseccomp`) that answers EPERM to starting
   programs (`execve`), creating processes (`fork`, `vfork`, `clone` without
   `CLONE_THREAD`; `clone3` answers ENOSYS so that threads fall back to `clone`),
@@ -43,6 +44,7 @@ import signal
 import struct
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -56,6 +58,15 @@ OPEN_FILES: Final = 64
 
 PROCESS_HEADROOM: Final = 128
 """Tasks the user may start, past those it runs when the child confines itself."""
+
+TASK_COUNT_SECONDS: Final = 0.5
+"""How old the count of the user's tasks that `RLIMIT_NPROC` starts from may be.
+
+Counting reads one /proc entry per process on the machine (about 0.4 ms); a zygote
+counts before it forks when its count is older than this, and a child it forked uses
+the count it inherited while it is that fresh (a child that waited longer in a pool
+counts for itself). The limit is then at most the headroom above the tasks the user
+ran that long ago: the same bound, a fraction of a second older."""
 
 LOG_BYTES: Final = 1 << 20
 """The largest file a child may write to: its log (stdout and stderr) is one."""
@@ -170,7 +181,7 @@ def set_rlimits(limits: ProcessLimits) -> dict[str, tuple[int, int]]:
         "RLIMIT_NOFILE": (limits.open_files, limits.open_files),
         "RLIMIT_FSIZE": (limits.file_bytes, limits.file_bytes),
         "RLIMIT_CORE": (0, 0),
-        "RLIMIT_NPROC": (_user_tasks() + limits.process_headroom,) * 2,
+        "RLIMIT_NPROC": (user_tasks() + limits.process_headroom,) * 2,
     }
     applied = {}
     for name, (soft, hard) in wanted.items():
@@ -182,6 +193,21 @@ def set_rlimits(limits: ProcessLimits) -> dict[str, tuple[int, int]]:
         resource.setrlimit(which, (soft, hard))
         applied[name] = resource.getrlimit(which)
     return applied
+
+
+_TASKS: list[tuple[float, int]] = []
+"""The last count of `user_tasks` (monotonic time, count), inherited by forked children."""
+
+
+def user_tasks(max_age: float = TASK_COUNT_SECONDS) -> int:
+    """The tasks of this process's real user, counted at most `max_age` seconds ago
+    (in this process, or in the zygote it was forked from)."""
+    now = time.monotonic()
+    if _TASKS and 0 <= now - _TASKS[0][0] < max_age:
+        return _TASKS[0][1]
+    count = _user_tasks()
+    _TASKS[:] = [(now, count)]
+    return count
 
 
 def _user_tasks() -> int:

@@ -28,7 +28,7 @@ import threading
 import time
 from typing import IO, Any
 
-from jarvis.runtime.children import CHILD_ENVIRONMENT, Child, ChildDied
+from jarvis.runtime.children import CHILD_ENVIRONMENT, Child, ChildDied, remove_workdir
 
 log = logging.getLogger("jarvis.runtime.forks")
 
@@ -80,7 +80,7 @@ class ForkedChild(Child):
             self.signal(signal.SIGKILL)
         self.channel.close()
         self.log.close()
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        remove_workdir(self.workdir)
 
     def forked(self, pid: int) -> None:
         self._pid = pid

@@ -22,6 +22,7 @@ import secrets
 import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +140,9 @@ def write_file_atomically(
 
 @dataclass(frozen=True)
 class ExecutionDir:
-    """The directory of one execution under a state dir, and its small state files."""
+    """The directory of one execution under a state dir, and its small state files.
+
+    Its paths are made once per instance (a run asks for them a few dozen times)."""
 
     state_dir: Path
     execution_id: str
@@ -147,27 +150,27 @@ class ExecutionDir:
     def __post_init__(self) -> None:
         validate_execution_id(self.execution_id)
 
-    @property
+    @cached_property
     def root(self) -> Path:
         """`<state_dir>/executions/<execution_id>`."""
         return self.state_dir / "executions" / self.execution_id
 
-    @property
+    @cached_property
     def journal(self) -> Path:
         """The journal file (see jarvis.runtime.journal)."""
         return self.root / "journal"
 
-    @property
+    @cached_property
     def snapshots(self) -> Path:
         """The snapshot directory (see jarvis.runtime.snapshots)."""
         return self.root / "snapshots"
 
-    @property
+    @cached_property
     def trace_seq(self) -> Path:
         """The file holding the last delivered trace seq, as decimal text."""
         return self.root / "trace.seq"
 
-    @property
+    @cached_property
     def status(self) -> Path:
         """The file holding the last reported status, as a JSON object."""
         return self.root / "status.json"
@@ -253,9 +256,12 @@ class ExecutionDir:
 
         Key order is kept: the inputs a resume reads back from here must iterate in the
         order the execution started with, and outputs in the order they were recorded."""
-        data = json.dumps(dict(status), allow_nan=False).encode("utf-8")
-        self.root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-        write_file_atomically(self.status, data + b"\n", fsync=fsync)
+        data = json.dumps(dict(status), allow_nan=False).encode("utf-8") + b"\n"
+        try:
+            write_file_atomically(self.status, data, fsync=fsync)
+        except FileNotFoundError:  # no directory (yet, or any more): made, then again
+            self.root.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+            write_file_atomically(self.status, data, fsync=fsync)
 
 
 TRACE_SEQ_DIGITS = 20

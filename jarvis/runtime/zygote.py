@@ -39,7 +39,7 @@ import traceback
 from collections.abc import Sequence
 from typing import Any
 
-from jarvis.runtime import child
+from jarvis.runtime import child, confine
 
 MAX_MESSAGE = 1 << 16
 
@@ -89,6 +89,9 @@ class Zygote:
         return True
 
     def _fork(self, request_id: int, workdir: str, channel_fd: int, log_fd: int) -> None:
+        # The count the child's RLIMIT_NPROC starts from, counted here at most every
+        # TASK_COUNT_SECONDS rather than in every child.
+        confine.user_tasks()
         sys.stdout.flush()
         sys.stderr.flush()
         try:
@@ -236,7 +239,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     import jarvis.runtime.machine
     import jarvis.runtime.program_bytes
     import jarvis.runtime.trace  # noqa: F401
-    from jarvis.runtime import confine
 
     confine.preload()
     with contextlib.suppress(ImportError):

@@ -219,14 +219,34 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value or "")
 
 
+_FENCE_READ = 4096
+"""Bytes read at a time from a fence file (which holds one token and a newline)."""
+
+
 def read_fence(directory: Path) -> int:
-    """The token in an execution's fence file (0 when there is none)."""
-    path = directory / "fence"
+    """The token in an execution's fence file (0 when there is none).
+
+    Read with one `read` of the raw file (it is read before every write of a run, so
+    without the buffered text layer's own system calls: a fence file is replaced by a
+    rename, never written in place, so one read sees all of one version)."""
+    return _read_token(directory / "fence")
+
+
+def _read_token(path: Path) -> int:
     try:
-        return int(path.read_text(encoding="ascii").strip() or 0)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return 0
-    except ValueError as exc:
+    try:
+        data = chunk = os.read(fd, _FENCE_READ)
+        while len(chunk) == _FENCE_READ:
+            chunk = os.read(fd, _FENCE_READ)
+            data += chunk
+    finally:
+        os.close(fd)
+    try:
+        return int(data.decode("ascii").strip() or 0)
+    except ValueError as exc:  # UnicodeDecodeError included
         raise StateError(f"{path}: not a fencing token") from exc
 
 
@@ -243,7 +263,7 @@ class Fence:
         self.refused: str | None = None  # why the last refusal happened
 
     def read(self) -> int:
-        return read_fence(self.directory)
+        return _read_token(self.path)
 
     def claim(self) -> None:
         """Write this lease's token; refuse if a newer owner already wrote a larger one."""

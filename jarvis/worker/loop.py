@@ -9,10 +9,12 @@ Commands are handled in the order they arrive. One that finds the worker full wa
 `held`, a backlog of at most `max_concurrency` commands, and starts as soon as a run
 ends: the next command is at hand then, rather than a fetch away (a paused partition's
 fetched messages are dropped by the consumer and fetched again after the resume, which
-costs a broker round trip). While the backlog is full, the partitions are paused so the
-poll loop goes on (heartbeats, rebalances) without taking more work; they are resumed
-once half the backlog has started, so that one resume (and its fetches) brings in
-several commands.
+costs a broker round trip). While the backlog is full, the loop takes nothing more:
+for up to `PAUSE_AFTER_SECONDS` it does not poll (the next commands stay fetched, at
+hand for the slot a run frees); past that, the partitions are paused so the poll loop
+goes on (heartbeats, rebalances) without taking more work, and they are resumed once
+half the backlog has started, so that one resume (and its fetches) brings in several
+commands.
 
 A command that cannot be handled yet (Redis or the state directory is away, or an
 earlier run of its execution here is ending) waits at the head of `held`, with the
@@ -47,12 +49,21 @@ log = logging.getLogger("jarvis.worker")
 COMMIT_TIMEOUT = 10.0
 """Seconds after which an asynchronous commit that never reported back is sent again."""
 
-COMMIT_INTERVAL = 0.02
+COMMIT_INTERVAL = 0.1
 """Seconds at least between two asynchronous commits: while runs end by the hundred a
-second, one commit covers the offsets of several (each a request the broker serves)."""
+second, one commit covers the offsets of several (each a request the broker serves,
+about as costly as a status event's). A start whose run ended but whose offset was not
+committed yet when the worker dies is read again by the next owner, and found ended:
+a `duplicate` event, not a second run."""
 
 ASSIGNMENT_RECHECK_SECONDS = 0.1
 """While paused, how often the loop looks for newly assigned partitions to pause."""
+
+PAUSE_AFTER_SECONDS = 0.5
+"""How long a full worker waits for a run to end, taking nothing more, before it
+pauses its partitions: runs that end within this leave the partitions unpaused (a
+resume costs fetching again what the pause dropped, which stalled a busy worker for
+0.3-0.7 s with nothing to run)."""
 
 BUSY_POLL_SECONDS = 0.005
 """The longest poll while runs are going: a run that ends frees its slot (and its
@@ -90,6 +101,9 @@ class WorkerLoop:
         self.commit_interval = COMMIT_INTERVAL
         self.assignment_checked = 0.0
         self.last_poll = 0.0
+        self.pause_after = PAUSE_AFTER_SECONDS
+        self.full_since: float | None = None  # when the backlog last became full
+        self.holding = False  # full, not paused yet: the loop takes nothing more
         self.counts: dict[str, int] = {}
         self.counts_lock = threading.Lock()
         self.metrics = metrics or WorkerMetrics()
@@ -139,7 +153,11 @@ class WorkerLoop:
         self.flow_control()
         # While runs are going, a slot that frees up is filled within a few ms.
         busy = bool(self.runs) or bool(self.held)
-        message = self.consumer.poll(min(timeout, BUSY_POLL_SECONDS) if busy else timeout)
+        if self.holding:  # full: wait for a run to end rather than take more
+            time.sleep(min(timeout, BUSY_POLL_SECONDS))
+            message = None
+        else:
+            message = self.consumer.poll(min(timeout, BUSY_POLL_SECONDS) if busy else timeout)
         self.last_poll = time.time()
         if message is not None and message.error() is None:
             self.tracker.begin(message.topic(), message.partition(), message.offset())
@@ -242,7 +260,8 @@ class WorkerLoop:
                                 run.position.offset)
 
     def flow_control(self) -> None:
-        """Pause every assigned partition while the backlog is full or a command waits
+        """Pause every assigned partition while the backlog is full (for longer than
+        `pause_after`; until then the loop only takes nothing more) or a command waits
         for Redis (or for an earlier run of its execution); resume once half the backlog
         has started."""
         backing_off = bool(self.held) and time.monotonic() < self.held_until
@@ -252,6 +271,17 @@ class WorkerLoop:
         # so it should bring in several commands, not one.
         refill = len(self.held) <= backlog // 2 if self.paused else len(self.held) < backlog
         hold = backing_off or not refill
+        self.holding = False
+        if not hold:
+            self.full_since = None
+        elif not self.paused and not backing_off:
+            # Full: for a while, take nothing more without pausing (see PAUSE_AFTER_SECONDS).
+            now = time.monotonic()
+            if self.full_since is None:
+                self.full_since = now
+            if now < self.full_since + self.pause_after:
+                self.holding = True
+                return
         if hold:
             # Once paused, the assignment is looked at again only now and then (for a
             # partition a rebalance added): it is a list built anew at every call.

@@ -165,6 +165,11 @@ class KafkaBroker(Service):
             # has expired its old session: keep that wait short.
             "broker.session.timeout.ms": "3000",
             "broker.heartbeat.interval.ms": "500",
+            # Two cores shared with the clients under test: one network thread and two
+            # request handlers (Kafka's defaults, 3 and 8, hand each request between
+            # more threads than there are cores, each hand-off a wake-up).
+            "num.network.threads": "1",
+            "num.io.threads": "2",
         }
         (self.workdir / "server.properties").write_text(
             "".join(f"{key}={value}\n" for key, value in settings.items()))
