@@ -36,7 +36,7 @@ services: $(STAMP)
 unit: $(STAMP) services
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-## Run the benchmark suite (5-7 minutes on 2 cores); writes docs/performance.md and .json.
+## Run the benchmark suite (2-4 minutes on 2 cores); writes docs/performance.md and .json.
 .PHONY: bench
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[bench]'
