@@ -309,9 +309,9 @@ def _run_section(results: dict[str, Any]) -> str:
         "appends), (min to max) beside them; the cells of one comparison run in "
         "interleaved rounds, and a ratio is the ratio of their medians with the range of "
         "the per-round ratios. Times are wall-clock (`time.perf_counter`); for in-process, "
-        "single-threaded work (the CPU workloads, compiling) this process's CPU time "
-        "(`time.process_time`) is taken too, and those targets are judged on it, because "
-        "the machine is shared: see its load average above.",
+        "single-threaded work (the CPU workloads, Book calls, compiling) this process's "
+        "CPU time (`time.process_time`) is taken too, and those targets are judged on it, "
+        "because the machine is shared: see its load average above.",
     ]
     if config["scale"] != 1:
         text.append(f"- **Scaled run** (sizes scaled by {config['scale']:g}): a smoke run; these "
