@@ -28,11 +28,7 @@ from typing import Any
 from jarvis.runtime.statedir import StateError, write_file_atomically
 from jarvis.worker.retry import is_transient
 
-_ACQUIRE = """
-local held = redis.call('GET', KEYS[1])
-if held then
-  return {0, held}
-end
+_TAKE = """
 local token = redis.call('INCR', KEYS[2])
 local floor = tonumber(ARGV[3])
 if token <= floor then
@@ -40,6 +36,16 @@ if token <= floor then
   redis.call('SET', KEYS[2], token)
 end
 redis.call('SET', KEYS[1], ARGV[1] .. ':' .. token, 'PX', ARGV[2])
+"""
+"""Takes the lease (KEYS[1]) for ARGV[1] for ARGV[2] ms with a new fencing token from the
+counter KEYS[2], above the floor ARGV[3]; leaves the token in `token`."""
+
+_ACQUIRE = """
+local held = redis.call('GET', KEYS[1])
+if held then
+  return {0, held}
+end
+""" + _TAKE + """
 return {token, ''}
 """
 
@@ -57,13 +63,7 @@ local held = redis.call('GET', KEYS[1])
 if held then
   return {0, held, '', stop}
 end
-local token = redis.call('INCR', KEYS[2])
-local floor = tonumber(ARGV[3])
-if token <= floor then
-  token = floor + 1
-  redis.call('SET', KEYS[2], token)
-end
-redis.call('SET', KEYS[1], ARGV[1] .. ':' .. token, 'PX', ARGV[2])
+""" + _TAKE + """
 return {token, '', '', stop}
 """
 """`_ACQUIRE`, and in the same round trip what a run needs to know before it starts:
