@@ -140,7 +140,7 @@ class Compilation:
         self._books  # noqa: B018 - read from the tree before the lowering consumes it
         tree = self.tree
         del self.__dict__["tree"]
-        return lower_program(bound_operations(tree, copy=False), copy=False)
+        return _lower(tree)
 
     @cached_property
     def _books(self) -> tuple[str, ...]:
@@ -225,7 +225,7 @@ class Compilation:
             instrumented, trace_sites = instrument(tree, source, trace)
             if instrumented is tree:  # trace level `off`: no copy was made
                 instrumented = copy_tree(tree)
-            lowered = lower_program(bound_operations(instrumented, copy=False), copy=False)
+            lowered = _lower(instrumented)
         if lowered.problems:
             # The untraced program lowered cleanly (self.ok), so this is the trace level
             # interacting with a lowering rule: say so rather than run an empty program.
@@ -280,6 +280,11 @@ def _python_text(source: Source, trace: TraceLevel) -> str:
     tree = parse(source)
     assert isinstance(tree, ast.Module)  # it compiled before
     instrumented, _ = instrument(tree, source, trace)
-    # A tree of its own (parsed here, or the instrumented copy): bounded in place.
-    lowered = lower_program(bound_operations(instrumented, copy=False), copy=False)
-    return unparse(restrict(lowered.module))
+    # A tree of its own (parsed here, or the instrumented copy).
+    return unparse(restrict(_lower(instrumented).module))
+
+
+def _lower(tree: ast.Module) -> LoweredProgram:
+    """`tree` with its arithmetic bounded, then lowered, both in place: for a tree no
+    one else will read."""
+    return lower_program(bound_operations(tree, copy=False), copy=False)

@@ -94,7 +94,7 @@ def internal_attributes(node: ast.Attribute) -> frozenset[str] | None:
 
 def attribute_problem(node: ast.Attribute) -> str | None:
     """Why the policy refuses the attribute `node` whatever its proofs; None if it
-    does not (it may still need a guard: see `needs_guard`)."""
+    does not (it may still need a guard: see `_unproven`)."""
     name = node.attr
     if name.startswith("_") or name in INSPECT_ATTRIBUTES:
         return f"attribute {name!r} is not accessible"

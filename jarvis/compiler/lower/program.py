@@ -271,10 +271,12 @@ def lower_program(tree: ast.Module, *, copy: bool = True) -> LoweredProgram:
             for scope in scopes.module.function_scopes())
             if analysed else has_generator_expressions(tree)):
         # Generator expressions that may outlive their statement become picklable.
-        scopes = analyse_scopes(tree)
-        rewritten = lazy_generators(tree, scopes, analyse_suspension(tree, scopes),
-                                    set(books)) or rewritten
-        analysed = False
+        if not analysed:
+            scopes = analyse_scopes(tree)
+            info = analyse_suspension(tree, scopes)
+        changed = lazy_generators(tree, scopes, info, set(books))
+        rewritten = rewritten or changed
+        analysed = not changed  # the analysis holds if no expression was rewritten
     if not analysed:
         scopes = analyse_scopes(tree)
         info = analyse_suspension(tree, scopes)
