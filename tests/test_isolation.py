@@ -14,15 +14,9 @@ import pytest
 from jarvis.compiler import Compilation
 from jarvis.runtime.books import BookRegistry
 from jarvis.runtime.channel import ChannelClosed
-from jarvis.runtime.children import ChildDied
+from jarvis.runtime.children import CHILD_ENVIRONMENT, ChildDied, ChildProcess
 from jarvis.runtime.execution import Execution, error_type_name
-from jarvis.runtime.isolation import (
-    CHILD_ENVIRONMENT,
-    ChildPool,
-    ChildProcess,
-    HostServices,
-    run_in_child,
-)
+from jarvis.runtime.isolation import ChildPool, HostServices, run_in_child
 from jarvis.runtime.sinks import MemorySink
 from jarvis.settings import load_settings
 

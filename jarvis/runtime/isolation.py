@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 from jarvis.runtime.artifacts import ArtifactUploads
 from jarvis.runtime.books import BookRegistry, check_json_value
 from jarvis.runtime.channel import ChannelClosed, ChannelError, RemoteError
-from jarvis.runtime.children import CHILD_ENVIRONMENT as CHILD_ENVIRONMENT
 from jarvis.runtime.children import Child
 from jarvis.runtime.children import ChildDied as ChildDied
 from jarvis.runtime.children import ChildProcess as ChildProcess

@@ -370,8 +370,8 @@ def line_protocol(event: TraceEvent, timestamp_ns: int | None = None) -> str:
     return text if timestamp_ns is None else f"{text} {timestamp_ns}"
 
 
-_LINE = ('%s seq=%di,line=%di,col=%di,end_line=%di,end_col=%di,expr="%s",value="%s",'
-         'type="%s"%s %d')
+_LINE = "%s" + _FIELDS + "%s %d"
+"""A whole line: series, fields, the duration field (or nothing), timestamp."""
 _SEPARATOR = "\x00"
 """Joins a batch's string fields so that they are escaped by one `translate` (none of
 the escapes touches it)."""
@@ -402,7 +402,6 @@ def render_lines(events: Sequence[TraceEvent], first_timestamp_ns: int) -> list[
         map(prefixes.__getitem__, zip(ids, kinds, strict=True)), seqs, lines, cols,
         end_lines, end_cols, exprs, values, types, extra,
         range(first_timestamp_ns, first_timestamp_ns + count), strict=True)))
-
 
 
 class FanOutSink:

@@ -775,9 +775,15 @@ _CLOSING_KINDS: Final = frozenset({"limit", "exception"})
 """Engine events that report how a run ended: recorded even past `max_events`."""
 
 
+def python_only() -> bool:
+    """Whether the environment asks for the Python trace code (JARVIS_TRACE_HOOKS=python)
+    rather than the C extensions (the hooks here, the batches in tracebatch.py)."""
+    return os.environ.get("JARVIS_TRACE_HOOKS", "").strip().lower() == "python"
+
+
 def _extension() -> types.ModuleType | None:
     """The C hooks, unless they were not built or JARVIS_TRACE_HOOKS=python."""
-    if os.environ.get("JARVIS_TRACE_HOOKS", "").strip().lower() == "python":
+    if python_only():
         return None
     try:
         from jarvis.runtime import _hooks

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import bisect
 import itertools
-import os
 import struct
 import types
 from collections.abc import Callable, Iterator, Sequence
@@ -40,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Final, overload
 
 from jarvis.runtime.channel import ChannelError
 from jarvis.runtime.sinks import escape_string_field, render_lines, series
-from jarvis.runtime.trace import EventBatch, TraceEvent
+from jarvis.runtime.trace import EventBatch, TraceEvent, python_only
 
 if TYPE_CHECKING:
     from jarvis.compiler.trace import Site
@@ -79,8 +78,7 @@ def _extension() -> types.ModuleType | None:
 
 
 _built: Final = _extension()
-_native: Final = (None if os.environ.get("JARVIS_TRACE_HOOKS", "").strip().lower() == "python"
-                  else _built)
+_native: Final = None if python_only() else _built
 """The C code this process uses: none where it was not built or JARVIS_TRACE_HOOKS=python."""
 
 
@@ -353,6 +351,14 @@ def render_python(blob: bytes, table: SiteTable, first_ns: int, skip: int,
     events = decode(blob, table)[skip:]
     if not events:
         return [], []
+    return render_events(events, first_ns, max_message_bytes)
+
+
+def render_events(events: Sequence[TraceEvent], first_ns: int,
+                  max_message_bytes: int) -> tuple[list[bytes], list[int]]:
+    """TraceEvents (at least one) as lines of line protocol (`sinks.render_lines`)
+    stamped `first_ns`, +1, ..., packed into messages (`pack_messages`); and the seq of
+    each message's last event."""
     lines = [line.encode() for line in render_lines(events, first_ns)]
     return pack_messages(lines, [event.seq for event in events], max_message_bytes)
 

@@ -28,9 +28,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from jarvis.runtime.sinks import render_lines
+from jarvis.runtime.sinks import render_lines as render_lines  # tests/test_log_lines.py
 from jarvis.runtime.trace import TraceEvent
-from jarvis.runtime.tracebatch import EncodedBatch, pack_messages
+from jarvis.runtime.tracebatch import EncodedBatch, render_events
 
 MAX_MESSAGE_BYTES = 900_000
 """Lines per Kafka message, at most (before compression; librdkafka refuses messages
@@ -83,12 +83,7 @@ class KafkaLogSink:
         if self.guard is not None:
             self.guard()
         first_ns = self._stamps(len(fresh))
-        lines = [line.encode() for line in render_lines(fresh, first_ns)]
-        messages, last_seqs = pack_messages(lines, [event.seq for event in fresh],
-                                            MAX_MESSAGE_BYTES)
-        for value, last in zip(messages, last_seqs, strict=True):
-            self._send(value, last)
-        self._sent(len(fresh))
+        self._publish(*render_events(fresh, first_ns, MAX_MESSAGE_BYTES), len(fresh))
 
     def _deliver_encoded(self, batch: EncodedBatch) -> None:
         """A child's batch as it came over the channel: checked and rendered into
@@ -100,10 +95,7 @@ class KafkaLogSink:
         if self.guard is not None:
             self.guard()
         first_ns = self._stamps(fresh)
-        messages, last_seqs = batch.render(first_ns, self.last_delivered, MAX_MESSAGE_BYTES)
-        for value, last in zip(messages, last_seqs, strict=True):
-            self._send(value, last)
-        self._sent(fresh)
+        self._publish(*batch.render(first_ns, self.last_delivered, MAX_MESSAGE_BYTES), fresh)
 
     def _stamps(self, count: int) -> int:
         """The first of `count` timestamps, one nanosecond apart, after the last ones."""
@@ -111,7 +103,10 @@ class KafkaLogSink:
         self.last_timestamp_ns = first_ns + count - 1
         return first_ns
 
-    def _sent(self, count: int) -> None:
+    def _publish(self, messages: list[bytes], last_seqs: list[int], count: int) -> None:
+        """Send the messages of `count` events, each with the seq of its last event."""
+        for value, last in zip(messages, last_seqs, strict=True):
+            self._send(value, last)
         self.events_sent += count
         if self.on_events is not None:
             self.on_events(count)
