@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_lowering_differential import StubTracer
 
 from jarvis.compiler import Compilation
 from jarvis.runtime.artifacts import (
@@ -58,26 +59,6 @@ class CountingStore(MemoryArtifactStore):
         if self.fail:
             raise ConnectionError("the store is unreachable")
         return super().put(key, content, content_type)
-
-
-class StubTracer:
-    seq = 0
-    steps = 0
-
-    def event(self, *args: Any, **kwargs: Any) -> None:
-        self.seq += 1
-
-    def engine_event(self, *args: Any) -> None:
-        self.seq += 1
-
-    def hooks(self) -> dict[str, Any]:
-        return {}
-
-    def flush(self) -> None:
-        pass
-
-    def resume_at(self, seq: int, steps: int) -> None:
-        self.seq, self.steps = seq, steps
 
 
 def machine(source: str, effects: MemoryEffects, store: MemoryArtifactStore, *,

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fsync_counter import count_fsyncs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -88,14 +89,7 @@ def test_fsync_after_every_append_only_when_enabled(
     path: Path, fsync: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     journal = Journal.open(path, [KEY_A], EXECUTION, fsync=fsync)
-    calls: list[int] = []
-    real_fsync = os.fsync
-
-    def counting_fsync(fd: int) -> None:
-        calls.append(fd)
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", counting_fsync)
+    calls = count_fsyncs(monkeypatch)
     for payload in PAYLOADS:
         journal.append(payload)
     journal.close()

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fsync_counter import count_fsyncs
 
 from jarvis.compiler import Compilation
 from jarvis.runtime import snapshots as snapshots_module
@@ -55,18 +56,6 @@ def test_a_closed_trace_seq_file_refuses_writes(tmp_path: Path) -> None:
         seq_file.write(1)
 
 
-def _fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    calls: list[int] = []
-    real = os.fsync
-
-    def counted(fd: int) -> None:
-        calls.append(fd)
-        real(fd)
-
-    monkeypatch.setattr(os, "fsync", counted)
-    return calls
-
-
 def _header(index: int) -> SnapshotHeader:
     return SnapshotHeader(program_hash="p", compiler_version="c", execution_id="e1",
                           journal_index=index)
@@ -76,7 +65,7 @@ def _header(index: int) -> SnapshotHeader:
 def test_snapshot_fsync_follows_the_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                           fsync: bool) -> None:
     store = SnapshotStore(tmp_path / "snaps", [KEY], keep=1, fsync=fsync)
-    calls = _fsyncs(monkeypatch)
+    calls = count_fsyncs(monkeypatch)
     for index in range(3):
         store.write(b"payload %d" % index, _header(index))
     assert bool(calls) is fsync
@@ -111,7 +100,7 @@ def _run(tmp_path: Path, journal_fsync: bool, count: int = 25) -> tuple[Any, Exe
 def test_an_execution_without_journal_fsync_fsyncs_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    calls = _fsyncs(monkeypatch)
+    calls = count_fsyncs(monkeypatch)
     outcome, execution = _run(tmp_path, journal_fsync=False)
     assert outcome.status == "completed"
     assert outcome.counters["snapshots"] == 5
@@ -124,7 +113,7 @@ def test_an_execution_without_journal_fsync_fsyncs_nothing(
 def test_an_execution_with_journal_fsync_fsyncs_its_snapshots(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    calls = _fsyncs(monkeypatch)
+    calls = count_fsyncs(monkeypatch)
     outcome, _ = _run(tmp_path, journal_fsync=True)
     assert outcome.status == "completed"
     # status.json twice (file and directory), 25 journal records, and at least a file

@@ -44,6 +44,29 @@ def remove_workdir(path: str) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def read_tail(log: IO[bytes], limit: int = 4000) -> str:
+    """The last `limit` characters of a process's log file."""
+    log.seek(0)
+    return log.read().decode("utf-8", "replace")[-limit:]
+
+
+def spawn_python(module: str, fd: int, log: IO[bytes], cwd: str) -> subprocess.Popen[bytes]:
+    """`python -m MODULE FD PID` (PID: ours), started as a child must be: only
+    `CHILD_ENVIRONMENT`, stdin on /dev/null, stdout and stderr to `log`, `fd` passed
+    and every other descriptor closed, in a session of its own."""
+    return subprocess.Popen(
+        [sys.executable, "-m", module, str(fd), str(os.getpid())],
+        pass_fds=(fd,),
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
+        cwd=cwd,
+        env=dict(CHILD_ENVIRONMENT),
+        start_new_session=True,  # a terminal's Ctrl-C goes to the host, not here
+        close_fds=True,
+    )
+
+
 class ChildDied(Exception):
     """The child process running an execution exited without reporting an outcome."""
 
@@ -74,8 +97,7 @@ class Child:
         raise NotImplementedError
 
     def log_tail(self, limit: int = 4000) -> str:
-        self.log.seek(0)
-        return self.log.read().decode("utf-8", "replace")[-limit:]
+        return read_tail(self.log, limit)
 
     def cause_of_death(self) -> str:
         code = self.wait(timeout=30)
@@ -112,23 +134,10 @@ class ChildProcess(Child):
         # before the child has set its handler waits for it instead of killing it.
         previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
         try:
-            self.process = self._popen(fd)
+            self.process = spawn_python("jarvis.runtime.child", fd, self.log, self.workdir)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         self.child_end.close()
-
-    def _popen(self, fd: int) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            [sys.executable, "-m", "jarvis.runtime.child", str(fd), str(os.getpid())],
-            pass_fds=(fd,),
-            stdin=subprocess.DEVNULL,
-            stdout=self.log,
-            stderr=self.log,
-            cwd=self.workdir,
-            env=dict(CHILD_ENVIRONMENT),
-            start_new_session=True,  # a terminal's Ctrl-C goes to the host, not here
-            close_fds=True,
-        )
 
     @property
     def pid(self) -> int:

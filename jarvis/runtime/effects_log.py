@@ -68,18 +68,6 @@ _C_ENCODE: Callable[[Any, int], Iterable[str]] | None = (
 which is a third of the cost of encoding a small record."""
 
 
-def encode(record: dict[str, Any]) -> bytes:
-    if _C_ENCODE is None:
-        return _ENCODER.encode(record).encode("utf-8")
-    try:
-        return "".join(_C_ENCODE(record, 0)).encode("utf-8")
-    except BaseException:
-        # A failed encoding may leave containers in the markers; the next one must not
-        # take them for a cycle.
-        _MARKERS.clear()
-        raise
-
-
 def encode_value(value: Any) -> bytes:
     """A JSON value as `encode` writes it inside a record."""
     if _C_ENCODE is None:
@@ -87,8 +75,14 @@ def encode_value(value: Any) -> bytes:
     try:
         return "".join(_C_ENCODE(value, 0)).encode("utf-8")
     except BaseException:
+        # A failed encoding may leave containers in the markers; the next one must not
+        # take them for a cycle.
         _MARKERS.clear()
         raise
+
+
+encode: Callable[[dict[str, Any]], bytes] = encode_value
+"""A record as the journal holds it (the same encoder, without a second call)."""
 
 
 _BOOK_HEADS: dict[tuple[str, str], bytes] = {}

@@ -17,18 +17,22 @@ import contextlib
 import itertools
 import json
 import logging
-import os
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from typing import IO, Any
 
-from jarvis.runtime.children import CHILD_ENVIRONMENT, Child, ChildDied, remove_workdir
+from jarvis.runtime.children import (
+    Child,
+    ChildDied,
+    read_tail,
+    remove_workdir,
+    spawn_python,
+)
 
 log = logging.getLogger("jarvis.runtime.forks")
 
@@ -162,8 +166,7 @@ class ForkServer:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def log_tail(self, limit: int = 4000) -> str:
-        self.log.seek(0)
-        return self.log.read().decode("utf-8", "replace")[-limit:]
+        return read_tail(self.log, limit)
 
     # -- the supervisor thread ------------------------------------------------------
 
@@ -197,12 +200,7 @@ class ForkServer:
         host_end, zygote_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         fd = zygote_end.fileno()
         try:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "jarvis.runtime.zygote", str(fd), str(os.getpid())],
-                pass_fds=(fd,), stdin=subprocess.DEVNULL, stdout=self.log,
-                stderr=self.log, cwd=self.workdir, env=dict(CHILD_ENVIRONMENT),
-                start_new_session=True, close_fds=True,
-            )
+            process = spawn_python("jarvis.runtime.zygote", fd, self.log, self.workdir)
         finally:
             zygote_end.close()
         with self.lock:
