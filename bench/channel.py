@@ -113,30 +113,3 @@ def measure(config: Config) -> dict[str, Any]:
         pool.close()
         shutil.rmtree(base, ignore_errors=True)
 
-
-def section(channel: dict[str, Any]) -> str:
-    """The report's section on the channel's cost."""
-    from bench.report import _table as table  # bench.report imports this module
-    from bench.report import micros, millis, spread
-
-    cells = channel["cells"]
-    rows = [
-        ["trivial program (`output('ok', 1)`)", spread(cells["trivial_in_process"]),
-         spread(cells["trivial_isolated"]),
-         f"{millis(channel['trivial_overhead_ms']['median'])} per execution"],
-        [f"{channel['calls']:,} Book calls (in-process Book, trace off)",
-         spread(cells["books_in_process"]), spread(cells["books_isolated"]),
-         f"{micros(channel['per_call_us']['median'])} per call"],
-        [f"arith at trace=full, {channel['events']:,} events",
-         spread(cells["trace_in_process"]), spread(cells["trace_isolated"]),
-         f"{micros(channel['per_event_us']['median'])} per event"],
-    ]
-    return (
-        "## Isolation: the channel to the child\n\n"
-        "The same durable Execution run in this process and in a child forked by the "
-        "zygote (confined: resource limits and seccomp), where every Book call and "
-        "trace batch crosses the channel to the host (`bench/channel.py`). The cost "
-        "per call or event is the difference of the two, round by round, divided by "
-        "the calls or events; it includes the child's start, spread over the run.\n\n"
-        + table(["program", "in process", "isolated", "channel cost"], rows)
-    )

@@ -298,6 +298,7 @@ class Bench:
         from confluent_kafka import Producer
 
         from bench.engine import compiled, run_machine
+        from jarvis.cli.worker import LOGS_PRODUCER
         from jarvis.runtime.tracebatch import EncodedBatch, SiteTable
         from jarvis.worker.logs import KafkaLogSink
 
@@ -307,9 +308,7 @@ class Bench:
         execution_id = f"sink-{uuid.uuid4().hex[:10]}"
         table = SiteTable(execution_id, program.trace_sites)
         producer = Producer({"bootstrap.servers": self.kafka.bootstrap_servers,
-                             "compression.type": "lz4", "linger.ms": 2,
-                             "queue.buffering.max.kbytes": 262144,
-                             "enable.idempotence": True})
+                             **LOGS_PRODUCER})
         # The producer connects (and gets its idempotent producer id) before the clock
         # starts: one batch of another execution, delivered and acknowledged.
         warm_up = KafkaLogSink(producer, self.topics["logs"], f"{execution_id}-warm-up")

@@ -63,6 +63,18 @@ def _kafka_log() -> logging.Logger:
     return kafka_log
 
 
+LOGS_PRODUCER: dict[str, Any] = {
+    "compression.type": "lz4",
+    # A run's end waits for its last events' acknowledgement: short. Messages are
+    # large already (KafkaLogSink packs up to 900 kB of lines into each).
+    "linger.ms": 2,
+    "queue.buffering.max.kbytes": 262144,
+    "enable.idempotence": True,
+}
+"""The settings of the producer of trace events (large messages, a batch of lines
+each), beyond the connection's; the benchmark's KafkaLogSink cell uses them too."""
+
+
 def build(settings: WorkerSettings) -> tuple[WorkerLoop, ChildPool, Any]:
     import redis
     from confluent_kafka import Consumer, Producer
@@ -82,16 +94,8 @@ def build(settings: WorkerSettings) -> tuple[WorkerLoop, ChildPool, Any]:
         "enable.idempotence": True,
         "logger": _kafka_log(),
     })
-    logs_producer = Producer({  # trace events: large messages (a batch of lines each)
-        **kafka_config(settings),
-        "compression.type": "lz4",
-        # A run's end waits for its last events' acknowledgement: short. Messages are
-        # large already (KafkaLogSink packs up to 900 kB of lines into each).
-        "linger.ms": 2,
-        "queue.buffering.max.kbytes": 262144,
-        "enable.idempotence": True,
-        "logger": _kafka_log(),
-    })
+    logs_producer = Producer({**kafka_config(settings), **LOGS_PRODUCER,
+                              "logger": _kafka_log()})
     consumer = Consumer({
         # A fetch that waits at the broker for new messages holds back the fetch of a
         # partition resumed meanwhile (flow control): wait 100 ms, not librdkafka's 500.

@@ -237,8 +237,7 @@ class WorkerLoop:
         if command.mode == "cancel" and self.endings.ended(execution_id) is None:
             # Nobody runs it (it is suspended, or never started): cancel it here.
             self.endings.cancel(execution_id)
-            self.endings.record(execution_id, "cancelled", self.worker_id)
-            self.stops.clear(execution_id)
+            self.endings.record(execution_id, "cancelled", self.worker_id, clear_stop=True)
             self.publish(execution_id, "cancelled")
         # A suspend of an execution that does not run has nothing to do.
 

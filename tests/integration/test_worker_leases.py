@@ -10,7 +10,7 @@ import pytest
 from services import RedisServer
 from test_worker_support import unique
 
-from jarvis.worker.endings import status_key
+from jarvis.worker.endings import TERMINAL, status_key
 from jarvis.worker.keeper import LeaseKeeper
 from jarvis.worker.leases import Fence, FencedOff, Leases, fence_key, lease_key, read_fence
 from jarvis.worker.stops import stop_key
@@ -122,9 +122,6 @@ def test_the_guard_waits_for_redis_then_gives_up(tmp_path: Path) -> None:
         assert 0.9 < time.monotonic() - started < 5
     finally:
         server.close()
-
-
-TERMINAL = frozenset({"completed", "failed", "cancelled"})
 
 
 def test_begin_takes_the_lease_and_reads_the_ending_and_the_stop_at_once(
