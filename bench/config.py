@@ -31,6 +31,14 @@ class Config:
         median on a noisy machine at no real cost."""
         return self.repeats * 3
 
+    def repeats_for(self, seconds: float) -> int:
+        """Runs of a comparison whose plain cell takes `seconds`: a short workload (fib,
+        about 10 ms) gets up to 5x the runs, enough for about half a second of it, so
+        that its medians hold still on a noisy machine (its rounds stay cheap)."""
+        if seconds <= 0:
+            return self.repeats * 5
+        return max(self.repeats, min(self.repeats * 5, int(0.5 / seconds)))
+
     def size(self, full: int) -> int:
         """A count of things (calls, records) at this run's scale."""
         return max(2, round(full * min(self.scale, 1.0)))

@@ -74,8 +74,11 @@ def measure(config: Config, monty: MontyPool | None) -> dict[str, Any]:
         events: dict[str, int] = {}
         notes: dict[str, str] = {}
         cells = _cells(workload, size, monty, events, notes)
-        config.say(f"cpu {workload.name} (n={size}): {', '.join(cells)}")
-        stats = rounds(cells, config.repeats, config.warmup, _progress(config, workload))
+        plain_once = cells["plain"]()
+        repeats = config.repeats_for(plain_once[0] if isinstance(plain_once, tuple)
+                                     else plain_once)
+        config.say(f"cpu {workload.name} (n={size}, {repeats} runs): {', '.join(cells)}")
+        stats = rounds(cells, repeats, config.warmup, _progress(config, workload))
         plain = stats["plain"]
         in_process = {name: cell for name, cell in stats.items() if name != "monty"}
         versus = {"restricted": Ratio.of(stats["jarvis_off"].cpu, stats["restricted"].cpu)}
@@ -84,6 +87,7 @@ def measure(config: Config, monty: MontyPool | None) -> dict[str, Any]:
         results[workload.name] = {
             "title": workload.title,
             "size": size,
+            "runs": repeats,
             "seconds": {name: cell.to_json() for name, cell in stats.items()},
             "vs_plain": {name: Ratio.of(cell, plain).to_json() for name, cell in stats.items()},
             "vs_plain_cpu": {name: Ratio.of(cell.cpu, plain.cpu).to_json()

@@ -304,7 +304,8 @@ def _run_section(results: dict[str, Any]) -> str:
         f"{versions['pydantic-monty'] or 'not installed'}.",
         f"- Method: medians of {config['repeats']} runs after {config['warmup']} warm-up "
         f"round(s) ({config['repeats'] * 3} for the millisecond cells: resumes, journal "
-        "appends), (min to max) beside them; the cells of one comparison run in "
+        "appends; up to 5x for a short CPU workload, as its row says), (min to max) beside "
+        "them; the cells of one comparison run in "
         "interleaved rounds, and a ratio is the ratio of their medians with the range of "
         "the per-round ratios. Times are wall-clock (`time.perf_counter`); for in-process, "
         "single-threaded work (the CPU workloads, Book calls, compiling) this process's "
@@ -329,7 +330,8 @@ def _cpu_section(results: dict[str, Any]) -> str:
     header = ["workload"] + [label for _, label in CPU_COLUMNS]
     time_rows, ratio_rows, wall_rows = [], [], []
     for name, row in cpu.items():
-        label = f"{name}: {row['title']} (n={row['size']:,})"
+        runs = f", {row['runs']} runs" if "runs" in row else ""
+        label = f"{name}: {row['title']} (n={row['size']:,}{runs})"
         time_rows.append([label] + [
             spread(row["seconds"][key]) if key in row["seconds"]
             else row["notes"].get(key, "not run") for key, _ in CPU_COLUMNS])
