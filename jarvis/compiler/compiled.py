@@ -12,9 +12,8 @@ from collections.abc import Callable
 from types import CodeType
 from typing import Any
 
-from jarvis.compiler.lower.anf import SuspensionSite
-from jarvis.compiler.lower.program import FunctionInfo
 from jarvis.compiler.source import Source
+from jarvis.compiler.tables import FunctionInfo, SuspensionSite
 
 
 class CompiledProgram:

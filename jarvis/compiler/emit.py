@@ -11,6 +11,10 @@ from __future__ import annotations
 import ast
 import copy
 
+# The helpers the rewritten f-strings call (defined where the runtime can import them
+# without this module; importable from here as before).
+from jarvis.compiler.contract import runtime_names as runtime_names
+
 _CONVERSIONS = {-1: None, ord("s"): "_jv_str", ord("r"): "_jv_repr", ord("a"): "_jv_ascii"}
 
 
@@ -46,8 +50,3 @@ def unparse(module: ast.Module) -> str:
         plain = _PlainFStrings().visit(copy.deepcopy(module))
         ast.fix_missing_locations(plain)
         return ast.unparse(plain)
-
-
-def runtime_names() -> dict[str, object]:
-    """The helpers the rewritten f-strings call, for a namespace that runs the text."""
-    return {"_jv_format": format, "_jv_str": str, "_jv_repr": repr, "_jv_ascii": ascii}

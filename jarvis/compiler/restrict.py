@@ -55,6 +55,7 @@ from RestrictedPython.transformer import (
     RestrictingNodeTransformer,
 )
 
+from jarvis.compiler.contract import UnpackSpec
 from jarvis.compiler.language import ATTRIBUTES
 from jarvis.compiler.policy import (
     INTERNAL_CONTAINERS,
@@ -69,12 +70,6 @@ from jarvis.compiler.trees import dispatch, fix_missing_locations, transform_chi
 
 __all__ = ["INTERNAL_PREFIX", "RestrictionError", "RestrictionPolicy", "UnpackSpec",
            "restrict", "restrict_with_restrictedpython", "restricted_compile", "unpack_spec"]
-
-UnpackSpec = tuple[int, bool, tuple[tuple[int, Any], ...]]
-"""How a tuple or list target unpacks, a constant of the code the unpack guards read:
-the number of plain targets, whether one is starred, and for each nested target its
-index (negative when it follows the starred one) and its own spec."""
-
 
 def _call(function: str, args: list[ast.expr], like: ast.AST) -> ast.Call:
     """`function(*args)` at the position of `like`."""

@@ -44,10 +44,10 @@ import io
 import tokenize
 from bisect import bisect_left
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Literal
 
 from jarvis.compiler.source import Source
+from jarvis.compiler.tables import Site as Site
 from jarvis.compiler.trees import copy_tree, fix_missing_locations
 from jarvis.compiler.validate import book_imports
 
@@ -78,29 +78,6 @@ _COMPOUND = (ast.If, ast.For, ast.While, ast.Try, ast.FunctionDef, ast.AsyncFunc
              ast.AsyncFor, ast.With, ast.AsyncWith, ast.ClassDef)
 _NOT_TRACED = (ast.Constant, ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp,
                ast.GeneratorExp, ast.Starred, ast.Slice, ast.FormattedValue)
-
-
-@dataclass(frozen=True)
-class Site:
-    """One traced point of a program: a statement or an expression.
-
-    Lines are 1-based; columns are 1-based and count characters; `end_col` is the
-    column just past the last character (the convention of `Diagnostic`). For compound
-    statements (`if`, `for`, `while`, `try`, `def`) the span and the text are the
-    header, up to and including the colon that opens the body.
-    """
-
-    kind: Literal["expr", "stmt"]
-    line: int
-    col: int
-    end_line: int
-    end_col: int
-    text: str
-    summarize: bool = False
-    """The expression is the container of a subscript (`d` in `d[k]`) or of a
-    membership test (`d` in `k in d`), or the receiver of a method call (`xs` in
-    `xs.append(x)`): the program uses one item or a method, not the whole value, so a
-    container value is shown by its size only."""
 
 
 def instrument(

@@ -14,7 +14,7 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-from jarvis.compiler.lower.blocks import STEP_INTERNALS
+from jarvis.compiler.contract import STEP_INTERNALS
 
 
 class Cell:

@@ -31,8 +31,8 @@ import types
 from collections.abc import Callable, Iterator
 from typing import Any, Final
 
+from jarvis.compiler.contract import UnpackSpec
 from jarvis.compiler.language import ATTRIBUTES, EXCEPTIONS, SAFE_FUNCTIONS
-from jarvis.compiler.restrict import UnpackSpec
 from jarvis.runtime.builtins import BookProcedure, BookProxy
 from jarvis.runtime.errors import BookError
 from jarvis.runtime.frames import ResumableFunction

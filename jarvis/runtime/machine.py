@@ -22,7 +22,7 @@ from time import perf_counter_ns
 from typing import Any, Protocol
 
 from jarvis.compiler.compiled import CompiledProgram
-from jarvis.compiler.lower.blocks import ARTIFACT, BOOK, CALL, CHECKPOINT, RETURN, SLEEP
+from jarvis.compiler.contract import ARTIFACT, BOOK, CALL, CHECKPOINT, RETURN, SLEEP
 from jarvis.runtime.artifacts import (
     ArtifactUploads,
     ExecutionArtifacts,

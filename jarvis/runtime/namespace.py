@@ -21,7 +21,7 @@ from typing import Any
 import cloudpickle
 
 from jarvis.compiler.compiled import CompiledProgram
-from jarvis.compiler.emit import runtime_names
+from jarvis.compiler.contract import runtime_names
 from jarvis.runtime import bounded
 from jarvis.runtime.builtins import BookProxy, Effects, make_builtins, set_inputs
 from jarvis.runtime.frames import (

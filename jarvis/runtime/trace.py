@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol, overload
 from jarvis.runtime.errors import LimitExceeded
 
 if TYPE_CHECKING:
-    from jarvis.compiler.trace import Site
+    from jarvis.compiler.tables import Site
     from jarvis.runtime._hooks import Hooks as NativeHooks
 
 EVENT_KINDS: Final = frozenset({

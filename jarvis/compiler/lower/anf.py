@@ -35,22 +35,13 @@ from jarvis.compiler.lower.blocks import (
     const,
     name,
 )
+from jarvis.compiler.tables import SuspensionSite as SuspensionSite
 from jarvis.compiler.trees import FastTransformer, child_nodes, walk
 
 # Completion records of a `finally`: None (fell through), or one of these tuples.
 RAISING = 1  # (RAISING, exception)
 RETURNING = 2  # (RETURNING, value)
 JUMPING = 3  # (JUMPING, target pc, finallys still to run)
-
-
-@dataclass
-class SuspensionSite:
-    """Where a suspension point stands, for errors and trace events."""
-
-    line: int
-    col: int
-    end_line: int
-    end_col: int
 
 
 @dataclass

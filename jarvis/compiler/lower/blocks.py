@@ -30,18 +30,15 @@ import ast
 from collections.abc import Iterable
 from typing import Any
 
-# Step results.
-RETURN = 0
-BOOK = 1
-CALL = 2
-SLEEP = 3
-CHECKPOINT = 4
-ARTIFACT = 5
-
-# Names the step function uses for itself; never saved in a frame.
-STEP_INTERNALS = frozenset({
-    "_jv_F", "_jv_mode", "_jv_V", "_jv_D", "_jv_pc", "_jv_e", "_jv_h",
-})
+# The step results and the step function's own names (defined with the rest of what
+# the runtime shares with the generated code, and importable from here as before).
+from jarvis.compiler.contract import ARTIFACT as ARTIFACT
+from jarvis.compiler.contract import BOOK as BOOK
+from jarvis.compiler.contract import CALL as CALL
+from jarvis.compiler.contract import CHECKPOINT as CHECKPOINT
+from jarvis.compiler.contract import RETURN as RETURN
+from jarvis.compiler.contract import SLEEP as SLEEP
+from jarvis.compiler.contract import STEP_INTERNALS as STEP_INTERNALS
 
 
 def name(identifier: str, store: bool = False) -> ast.Name:

@@ -21,7 +21,7 @@ import itertools
 from dataclasses import dataclass, field
 
 from jarvis.compiler.language import BOOKS_MODULE
-from jarvis.compiler.lower.anf import FunctionContext, FunctionLowering, SuspensionSite
+from jarvis.compiler.lower.anf import FunctionContext, FunctionLowering
 from jarvis.compiler.lower.blocks import (
     ARTIFACT,
     BOOK,
@@ -38,6 +38,8 @@ from jarvis.compiler.lower.genexp import has_generator_expressions, lazy_generat
 from jarvis.compiler.lower.hoist import hoist
 from jarvis.compiler.lower.scopes import Scope, ScopeTable, analyse_scopes
 from jarvis.compiler.lower.suspension import SuspensionInfo, analyse_suspension
+from jarvis.compiler.tables import FunctionInfo as FunctionInfo
+from jarvis.compiler.tables import SuspensionSite
 from jarvis.compiler.trees import (
     FastTransformer,
     child_nodes,
@@ -45,16 +47,6 @@ from jarvis.compiler.trees import (
     fix_missing_locations,
 )
 from jarvis.compiler.validate import book_imports
-
-
-@dataclass(frozen=True)
-class FunctionInfo:
-    """A resumable function of the program: what the runtime needs to call it."""
-
-    fid: int
-    name: str
-    qualname: str
-    cells: tuple[str, ...]
 
 
 @dataclass
