@@ -10,7 +10,7 @@ from virtual_clock import VirtualClock
 
 from jarvis.compiler import Compilation
 from jarvis.runtime.books import BookRegistry
-from jarvis.runtime.execution import Execution, ExecutionMismatch
+from jarvis.runtime.execution import Execution, ExecutionMismatch, RecordedStatus
 from jarvis.runtime.journal import JournalCorrupt
 from jarvis.runtime.machine import Outcome
 from jarvis.runtime.sinks import MemorySink
@@ -189,3 +189,25 @@ def test_snapshot_size_does_not_grow_with_the_number_of_calls(
         snapshots = sorted(execution.directory.snapshots.iterdir())
         sizes[count] = snapshots[-1].stat().st_size
     assert sizes[20_000] <= sizes[1_000] * 1.1
+
+
+def test_a_status_read_by_the_caller_is_used_not_read_again(
+        tmp_path: Path, books: Path) -> None:
+    """A worker reads status.json once, after taking the lease, and hands it over: what
+    it read is what the resume goes on with (here, another program's start: refused)."""
+    program = Compilation.of(LOOP, "loop.spy").program("statements")
+    execution = Execution(program, execution_id="e1", inputs={"count": 3},
+                          books=BookRegistry.load(books), settings=settings_for(tmp_path),
+                          sink=MemorySink(),
+                          status=RecordedStatus({"status": "running", "program": "other"}))
+    with pytest.raises(ExecutionMismatch):
+        execution.run()
+
+    fresh = Execution(program, execution_id="e2", inputs={"count": 3},
+                      books=BookRegistry.load(books), settings=settings_for(tmp_path),
+                      sink=MemorySink(), status=RecordedStatus(None))
+    fresh.directory.create()
+    fresh.directory.write_status({"status": "running", "program": "other"})  # not read
+    outcome = fresh.run()
+    assert outcome.status == "completed" and outcome.outputs["n"] == 3
+    assert (fresh.directory.read_status() or {})["program"] == program.digest

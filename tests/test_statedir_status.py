@@ -1,4 +1,5 @@
-"""`status.json` is written whether or not the execution's directory exists yet."""
+"""`status.json` is written whether or not the execution's directory exists yet; the
+temporary names state files are written under are unique."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import os
 import stat
 from pathlib import Path
 
-from jarvis.runtime.statedir import DIR_MODE, ExecutionDir
+from jarvis.runtime.statedir import DIR_MODE, ExecutionDir, temp_name
 
 
 def test_a_status_is_written_where_there_was_no_directory(tmp_path: Path) -> None:
@@ -34,3 +35,22 @@ def test_a_removed_execution_gets_its_directory_back_for_its_status(tmp_path: Pa
     assert execution.remove()
     execution.write_status({"status": "cancelled"})
     assert execution.read_status() == {"status": "cancelled"}
+
+
+def test_temporary_names_are_unique_also_in_a_forked_child(tmp_path: Path) -> None:
+    final = tmp_path / "status.json"
+    names = {temp_name(final) for _ in range(1000)}
+    assert len(names) == 1000
+    assert all(n.parent == tmp_path and n.name.startswith(".status.json.") for n in names)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child's names must not repeat the parent's (its counter is a copy)
+        os.write(write, temp_name(final).name.encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child = os.read(read, 200).decode()
+    os.close(read)
+    assert child and child not in {n.name for n in names} | {temp_name(final).name}
+    prefix = child.split(".")[3][:16]  # .status.json.<prefix><counter>.tmp
+    assert not any(n.name.split(".")[3].startswith(prefix) for n in names)

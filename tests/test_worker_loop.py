@@ -146,7 +146,13 @@ class FakeRedis:
 
     def register_script(self, script: str) -> Callable[..., Any]:
         def run(keys: list[str], args: list[Any]) -> Any:
-            raise AssertionError("the loop runs no lease scripts")
+            if "HSET" not in script:
+                raise AssertionError("the loop runs no lease scripts")
+            self._check()  # Endings.record: the ending, then the stop request dropped
+            self.hset(keys[0], mapping={"status": args[0], "worker": args[1], "ts": args[2]})
+            if args[4] == 1:
+                self.delete(keys[1])
+            return 1
         return run
 
     def get(self, key: str) -> Any:
@@ -169,21 +175,6 @@ class FakeRedis:
         self._check()
         self.hashes.setdefault(key, {}).update(
             {k: str(v).encode() for k, v in mapping.items()})
-
-    def expire(self, key: str, seconds: int) -> None:
-        self._check()
-
-    def pipeline(self) -> FakeRedis:
-        return self
-
-    def execute(self) -> None:
-        self._check()
-
-    def __enter__(self) -> FakeRedis:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
 
 
 class FakeRunner:
@@ -359,20 +350,25 @@ def test_a_full_worker_keeps_a_backlog_that_starts_as_runs_end(tmp_path: Path) -
 
 def test_commands_wait_while_redis_is_away_and_nothing_is_dead_lettered(
         worker: Worker) -> None:
+    """A stop for an execution not run here asks Redis who runs it: while Redis is
+    away it waits, and the commands after it with it. A start asks Redis nothing in
+    the loop (its run does, and waits for Redis)."""
     worker.redis.down = True
     worker.consumer.send(start("e1"), b"e1")
+    worker.consumer.send(stop("e9", "cancel"), b"e9")
     worker.consumer.send(start("e2"), b"e2")
     worker.steps(5)
 
-    assert worker.runner.started == []
+    assert [r.execution_id for r in worker.runner.started] == ["e1"]
     assert worker.dead_letters() == []
     assert worker.consumer.paused == {(TOPIC, 0), (TOPIC, 1)}
-    assert [m.offset() for m in worker.loop.held] == [0]  # e2 was never polled
+    assert [m.offset() for m in worker.loop.held] == [1]  # e2 was never polled
 
     worker.redis.down = False
     worker.loop.held_until = 0.0
     worker.steps(5)
     assert [r.execution_id for r in worker.runner.started] == ["e1", "e2"]
+    assert worker.statuses() == [("e9", "cancelled")]  # nobody ran it: cancelled here
     assert worker.consumer.paused == set()
 
 
@@ -405,15 +401,22 @@ def test_commits_are_batched_and_never_pass_an_unfinished_start(
     assert worker.consumer.commits[2:] == [{(TOPIC, 0): 3}]
 
 
-def test_a_start_of_an_ended_execution_is_a_duplicate(worker: Worker) -> None:
+def test_a_start_of_an_ended_execution_goes_to_its_run(worker: Worker) -> None:
+    """Whether it ended is the run's question (tests/test_worker_duplicates.py): the loop
+    asks Redis nothing and reads no state file for a start."""
     worker.redis.hset(status_key("done"), mapping={"status": "completed"})
     ExecutionDir(worker.settings.state_dir, "gone").write_status({"status": "failed"})
+    worker.redis.down = True  # any question to Redis would fail
     worker.consumer.send(start("done"), b"done")
-    worker.consumer.send(start("gone"), b"gone")  # Redis forgot; the state dir did not
+    worker.consumer.send(start("gone"), b"gone")
     worker.steps()
 
-    assert worker.statuses() == [("done", "duplicate"), ("gone", "duplicate")]
-    assert worker.runner.started == []
+    assert [r.execution_id for r in worker.runner.started] == ["done", "gone"]
+    assert worker.statuses() == []
+    worker.runner.end(worker.runner.started[0], "duplicate")
+    worker.runner.end(worker.runner.started[1], "duplicate")
+    worker.redis.down = False
+    worker.steps()
     assert worker.consumer.committed_position(0) == 2
 
 
@@ -516,3 +519,31 @@ def test_metrics_are_published_on_their_interval(tmp_path: Path) -> None:
              if topic == worker.settings.kafka.metrics_topic]
     assert lines and lines[-1].startswith("spy_worker,worker=w1 running=1i,capacity=4i,")
     assert "queue_depth=1i" in lines[-1] and "consumer_lag=6i" in lines[-1]  # 3 unread in each
+
+
+def test_a_held_first_event_goes_with_the_next_event_of_its_execution(
+        worker: Worker, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr("jarvis.worker.loop.time.monotonic", lambda: clock[0])
+    worker.loop.publish("e1", "started", hold=True, attempt=3)
+    worker.loop.publish("e2", "started", hold=True, attempt=1)
+    worker.steps(2)
+    assert worker.statuses() == []  # held
+
+    clock[0] += worker.loop.hold_first_event / 2
+    worker.loop.publish("e1", "completed", attempt=3)
+    assert worker.statuses() == [("e1", "started"), ("e1", "completed")]  # in order
+    events = worker.producer.on(worker.settings.kafka.status_topic)
+    assert events[0]["attempt"] == 3 and events[0]["ts"] <= events[1]["ts"]
+
+    clock[0] += worker.loop.hold_first_event / 2  # e2's time is up: sent on its own
+    worker.steps(1)
+    assert worker.statuses()[2:] == [("e2", "started")]
+    worker.steps(2)
+    assert len(worker.statuses()) == 3  # each event once
+
+
+def test_held_events_are_sent_before_the_worker_stops(worker: Worker) -> None:
+    worker.loop.publish("e1", "started", hold=True)
+    worker.loop.shutdown()
+    assert worker.statuses() == [("e1", "started")]

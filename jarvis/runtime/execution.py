@@ -9,7 +9,6 @@ resume runs the same thing; how it ended is recorded in `status.json`.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -52,6 +51,14 @@ class ResumeReport:
     skipped: list[str] = field(default_factory=list)
     replayed_effects: int = 0
     dropped_journal_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class RecordedStatus:
+    """What the execution's `status.json` held (None: nothing) when the caller read it,
+    after taking the execution's lease: `Execution.run` then does not read it again."""
+
+    record: dict[str, Any] | None
 
 
 class _Snapshots:
@@ -102,8 +109,10 @@ class Execution:
         isolation: ChildPool | None = None,
         on_snapshot: Callable[[dict[str, int]], None] | None = None,
         artifacts: ArtifactStore | None = None,
+        status: RecordedStatus | None = None,
     ) -> None:
         self.program = program
+        self.recorded = status
         # Where artifact() stores files: by default `<state_dir>/artifacts/`.
         self.artifact_store = artifacts or LocalArtifactStore(
             Path(settings.state_dir) / "artifacts")
@@ -135,7 +144,9 @@ class Execution:
         directory = self.directory
         directory.create()
         keys = self.settings.hmac_key_bytes
-        started = directory.read_status() or {}
+        recorded = self.recorded.record if self.recorded is not None \
+            else directory.read_status()
+        started = recorded or {}
         if started.get("program") and started["program"] != self.program.digest:
             raise ExecutionMismatch(
                 f"execution {self.execution_id} was started with another program (or "
@@ -146,9 +157,13 @@ class Execution:
                               guard=self.guard,
                               max_bytes=self.settings.limits.max_snapshot_bytes,
                               fsync=self.settings.journal_fsync)
+        # A first start has no snapshots and no delivered trace yet: both are written
+        # only after the `running` status that records the start.
+        loaded: LoadedSnapshot | None = None
         try:
-            loaded = store.load_newest(self.program.digest, COMPILER_VERSION,
-                                       expect_execution_id=self.execution_id)
+            if started:
+                loaded = store.load_newest(self.program.digest, COMPILER_VERSION,
+                                           expect_execution_id=self.execution_id)
         except SnapshotRejected as exc:
             # No snapshot verifies: replaying the whole journal from the start is
             # slower but sound, since every effect of the run is in it.
@@ -164,7 +179,7 @@ class Execution:
             assert journal is not None
         self.report.dropped_journal_bytes = journal.dropped_tail_bytes
         limits = self.settings.limits
-        last_delivered = directory.read_trace_seq() or 0
+        last_delivered = (directory.read_trace_seq() or 0) if started else 0
         sink = _DeliveryRecorder(self.sink, directory, last_delivered)
         snapshots = _Snapshots(store, self.program, self.execution_id, journal,
                                self.on_snapshot)
@@ -235,9 +250,9 @@ class Execution:
             record["error"] = error_record(outcome)
         if self.guard is not None:
             self.guard()  # a worker that lost the execution leaves its status alone
-        # Durable like the journal: fsynced unless `journal_fsync` is off.
-        directory.write_status(json.loads(json.dumps(record, default=str)),
-                               fsync=self.settings.journal_fsync)
+        # Durable like the journal: fsynced unless `journal_fsync` is off. Values JSON
+        # cannot hold are written as their str().
+        directory.write_status(record, fsync=self.settings.journal_fsync, default=str)
         return outcome
 
 

@@ -219,8 +219,14 @@ class Journal:
         checked_keys = check_hmac_keys(keys)
         validate_execution_id(execution_id)
         header = encode_header(execution_id)
-        if not path.exists():
-            cls._create(path, header, fsync, guard)
+        base = start[0] if start is not None else 0
+        created = cls._create(path, header, fsync, guard) if not path.exists() else None
+        if created is not None and start is None:  # just written: nothing to check
+            return cls(path=path, fd=created, keys=checked_keys, execution_id=execution_id,
+                       fsync=fsync, guard=guard, offsets=array("Q"), end=len(header),
+                       dropped_tail_bytes=0, base=base)
+        if created is not None:
+            os.close(created)
         fd = os.open(path, os.O_RDWR | os.O_APPEND)
         try:
             offsets, end, dropped = cls._recover(
@@ -239,27 +245,30 @@ class Journal:
             offsets=offsets,
             end=end,
             dropped_tail_bytes=dropped,
-            base=start[0] if start is not None else 0,
+            base=base,
         )
 
     @staticmethod
     def _create(
         path: Path, header: bytes, fsync: bool, guard: Callable[[], None] | None
-    ) -> None:
+    ) -> int | None:
+        """Create the journal with its header; its descriptor, open for appending (None
+        when another process created it first)."""
         if guard is not None:
             guard()
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL, FILE_MODE)
         except FileExistsError:
-            return  # created meanwhile; it is checked like any existing journal
+            return None  # created meanwhile; it is checked like any existing journal
         try:
             write_all(fd, header)
             if fsync:
                 os.fsync(fd)
-        finally:
+                fsync_directory(path.parent)
+        except BaseException:
             os.close(fd)
-        if fsync:
-            fsync_directory(path.parent)
+            raise
+        return fd
 
     @classmethod
     def _recover(

@@ -15,6 +15,7 @@ of their exceptions (`StateError`).
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -100,9 +101,29 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
+class _TempNames:
+    """Unique temporary names without asking the OS for randomness each time: a random
+    prefix per process (made again in a forked child) and a counter."""
+
+    def __init__(self) -> None:
+        self.renew()
+        os.register_at_fork(after_in_child=self.renew)
+
+    def renew(self) -> None:
+        self.prefix = secrets.token_hex(8)
+        self.counter = itertools.count()
+
+    def next(self) -> str:
+        return f"{self.prefix}{next(self.counter):x}"
+
+
+_TEMP_NAMES = _TempNames()
+
+
 def temp_name(final: Path) -> Path:
-    """The name a file is written under before it is renamed to `final`: hidden, unique."""
-    return final.with_name(f".{final.name}.{secrets.token_hex(8)}.tmp")
+    """The name a file is written under before it is renamed to `final`: hidden, unique
+    (among processes too, on every host sharing the directory)."""
+    return final.with_name(f".{final.name}.{_TEMP_NAMES.next()}.tmp")
 
 
 def write_file_atomically(
@@ -251,12 +272,15 @@ class ExecutionDir:
             raise StateError(f"{self.status}: holds a {type(status).__name__}, not an object")
         return status
 
-    def write_status(self, status: Mapping[str, Any], *, fsync: bool = True) -> None:
-        """Record `status` (JSON-serialisable) as the execution's status (atomically).
+    def write_status(self, status: Mapping[str, Any], *, fsync: bool = True,
+                     default: Callable[[Any], Any] | None = None) -> None:
+        """Record `status` (JSON-serialisable, or made so by `default`, as json.dumps
+        takes it) as the execution's status (atomically).
 
         Key order is kept: the inputs a resume reads back from here must iterate in the
         order the execution started with, and outputs in the order they were recorded."""
-        data = json.dumps(dict(status), allow_nan=False).encode("utf-8") + b"\n"
+        data = json.dumps(dict(status), allow_nan=False, default=default).encode("utf-8") \
+            + b"\n"
         try:
             write_file_atomically(self.status, data, fsync=fsync)
         except FileNotFoundError:  # no directory (yet, or any more): made, then again

@@ -197,15 +197,11 @@ class Leases:
         lease.deadline = 0.0
         return False
 
-    def release(self, lease: Lease, pipe: Any = None) -> None:
-        """Give the lease up (or, with `pipe`, add that to a pipeline of the caller's,
-        who sets `released` once it ran)."""
+    def release(self, lease: Lease) -> None:
+        """Give the lease up (`Endings.record` does it too, with an ending)."""
         lease.deadline = 0.0
-        if pipe is not None:
-            pipe.eval(_RELEASE, 1, lease_key(lease.execution_id), lease.value)
-        else:
-            self._release(keys=[lease_key(lease.execution_id)], args=[lease.value])
-            lease.released = True
+        self._release(keys=[lease_key(lease.execution_id)], args=[lease.value])
+        lease.released = True
 
     def holder(self, execution_id: str) -> str | None:
         """Who holds the lease now (`worker:token`), or None."""

@@ -16,14 +16,17 @@ goes on (heartbeats, rebalances) without taking more work, and they are resumed 
 half the backlog has started, so that one resume (and its fetches) brings in several
 commands.
 
-A command that cannot be handled yet (Redis or the state directory is away, or an
-earlier run of its execution here is ending) waits at the head of `held`, with the
+A command that cannot be handled yet (a stop while Redis is away, or a command for an
+execution whose earlier run here is ending) waits at the head of `held`, with the
 partitions paused, and is tried again; only a command that is itself wrong is
-dead-lettered.
+dead-lettered. A start asks Redis nothing here: its run does, in the round trip that
+takes the lease (and waits for Redis if it is away), and answers `duplicate` for an
+execution that already ended.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import queue
@@ -49,10 +52,10 @@ log = logging.getLogger("jarvis.worker")
 COMMIT_TIMEOUT = 10.0
 """Seconds after which an asynchronous commit that never reported back is sent again."""
 
-COMMIT_INTERVAL = 0.1
+COMMIT_INTERVAL = 0.5
 """Seconds at least between two asynchronous commits: while runs end by the hundred a
-second, one commit covers the offsets of several (each a request the broker serves,
-about as costly as a status event's). A start whose run ended but whose offset was not
+second, one commit covers the offsets of many (each a request the broker serves, and
+a write to its offsets topic). A start whose run ended but whose offset was not
 committed yet when the worker dies is read again by the next owner, and found ended:
 a `duplicate` event, not a second run."""
 
@@ -65,9 +68,24 @@ pauses its partitions: runs that end within this leave the partitions unpaused (
 resume costs fetching again what the pause dropped, which stalled a busy worker for
 0.3-0.7 s with nothing to run)."""
 
+HOLD_FIRST_EVENT_SECONDS = 0.25
+"""How long a run's `started` (or `resumed`) event may wait for the run's next event,
+to go to the broker with it: a run that ends within this (most do) costs the status
+producer one produce request rather than two. Never longer: the loop sends a held
+event once its time is up."""
+
+HOLDING_WAIT_SECONDS = 0.05
+"""The longest wait of a full worker for a run to end (it wakes as soon as one does);
+held status events are sent at least this often meanwhile."""
+
 BUSY_POLL_SECONDS = 0.005
-"""The longest poll while runs are going: a run that ends frees its slot (and its
-offset) within this, for the next command waiting."""
+"""The longest poll while commands wait for a slot: a run that ends frees its slot
+within this, for the next command waiting."""
+
+RUNNING_POLL_SECONDS = 0.05
+"""The longest poll while runs are going and no command waits: a new command ends the
+poll at once; a run's end has nothing urgent to hand the loop (its offset is
+committed with the next commit, at most every `COMMIT_INTERVAL`)."""
 
 
 class NotYet(Exception):
@@ -90,7 +108,7 @@ class WorkerLoop:
         self.stops = StopRequests(redis)
         self.leases = Leases(redis, worker_id, settings.redis.lease_seconds)
         self.runs: dict[str, Run] = {}
-        self.done: queue.Queue[Run] = queue.Queue()
+        self.done: queue.SimpleQueue[Run] = queue.SimpleQueue()
         self.held: deque[Any] = deque()
         self.held_until = 0.0
         self.backoff = Backoff()
@@ -106,6 +124,11 @@ class WorkerLoop:
         self.holding = False  # full, not paused yet: the loop takes nothing more
         self.counts: dict[str, int] = {}
         self.counts_lock = threading.Lock()
+        # Status events held back (see HOLD_FIRST_EVENT_SECONDS): execution id -> when
+        # they are due, the event. The lock also orders an execution's events.
+        self.held_events: dict[str, tuple[float, bytes]] = {}
+        self.held_events_lock = threading.Lock()
+        self.hold_first_event = HOLD_FIRST_EVENT_SECONDS
         self.metrics = metrics or WorkerMetrics()
         self.publisher = MetricsPublisher(producer, settings.kafka.metrics_topic, worker_id,
                                           settings.metrics_seconds, self.metrics)
@@ -114,11 +137,37 @@ class WorkerLoop:
 
     # -- events ---------------------------------------------------------------------
 
-    def publish(self, execution_id: str, status: Any, **fields: Any) -> None:
+    def publish(self, execution_id: str, status: Any, hold: bool = False,
+                **fields: Any) -> None:
+        """Send a status event. With `hold`, it waits up to `hold_first_event` seconds
+        for the execution's next event and goes with it (the run's first event)."""
         event = messages.status_event(execution_id, status, worker=self.worker_id, **fields)
-        self._produce(self.settings.kafka.status_topic, event, execution_id.encode("utf-8"))
+        with self.held_events_lock:
+            earlier = self.held_events.pop(execution_id, None)
+            if earlier is not None:  # it goes first, in the same produce request
+                self._produce(self.settings.kafka.status_topic, earlier[1],
+                              execution_id.encode("utf-8"))
+            if hold:
+                self.held_events[execution_id] = (
+                    time.monotonic() + self.hold_first_event, event)
+            else:
+                self._produce(self.settings.kafka.status_topic, event,
+                              execution_id.encode("utf-8"))
         with self.counts_lock:
             self.counts[status] = self.counts.get(status, 0) + 1
+
+    def send_held_events(self, every: bool = False) -> None:
+        """Send the held status events whose time is up (with `every`, all of them)."""
+        if not self.held_events:
+            return
+        now = time.monotonic()
+        with self.held_events_lock:
+            due = [execution_id for execution_id, (until, _) in self.held_events.items()
+                   if every or until <= now]
+            for execution_id in due:
+                _until, event = self.held_events.pop(execution_id)
+                self._produce(self.settings.kafka.status_topic, event,
+                              execution_id.encode("utf-8"))
 
     def dead_letter(self, message: Any, reason: str, execution_id: str | None) -> None:
         record = messages.dead_letter(message.value(), message.key(), message.topic(),
@@ -136,7 +185,6 @@ class WorkerLoop:
                 break
             except BufferError:  # the producer's queue is full: wait for deliveries
                 self.producer.poll(0.1)
-        self.producer.poll(0)
 
     # -- the loop -------------------------------------------------------------------
 
@@ -151,13 +199,19 @@ class WorkerLoop:
         self.collect_finished()
         self.retry_held()
         self.flow_control()
-        # While runs are going, a slot that frees up is filled within a few ms.
-        busy = bool(self.runs) or bool(self.held)
+        # While commands wait for a slot, one that frees up is filled within a few ms.
+        if self.held or self.full():
+            longest = BUSY_POLL_SECONDS
+        elif self.runs or self.held_events:
+            longest = RUNNING_POLL_SECONDS
+        else:
+            longest = timeout
         if self.holding:  # full: wait for a run to end rather than take more
-            time.sleep(min(timeout, BUSY_POLL_SECONDS))
+            with contextlib.suppress(queue.Empty):
+                self.ended(self.done.get(timeout=min(timeout, HOLDING_WAIT_SECONDS)))
             message = None
         else:
-            message = self.consumer.poll(min(timeout, BUSY_POLL_SECONDS) if busy else timeout)
+            message = self.consumer.poll(min(timeout, longest))
         self.last_poll = time.time()
         if message is not None and message.error() is None:
             self.tracker.begin(message.topic(), message.partition(), message.offset())
@@ -167,6 +221,8 @@ class WorkerLoop:
                 self.dispatch(message)
         self.collect_finished()
         self.retry_held()
+        self.send_held_events()
+        self.producer.poll(0)  # delivery reports of the status events sent meanwhile
         self.commit()
         if self.publisher.due():
             self.publisher.publish(self.gauges())
@@ -213,12 +269,13 @@ class WorkerLoop:
         local = self.runs.get(execution_id)
         if local is not None and (local.handover or local.finishing):
             raise NotYet(execution_id)  # handled once the earlier run has ended
-        ended = self.endings.ended(execution_id) if local is None else "running"
-        if ended is not None:
+        if local is not None:
             self.publish(execution_id, "duplicate", error={
-                "type": "Duplicate", "message": f"the execution is {ended}"})
+                "type": "Duplicate", "message": "the execution is running"})
             self.finish_message(message)
             return
+        # Whether the execution already ended is the run's first question (in the round
+        # trip that takes its lease, then its status file): it answers `duplicate`.
         run = Run(execution_id, Position(message.topic(), message.partition(),
                                          message.offset()), command)
         self.runs[execution_id] = run
@@ -250,13 +307,17 @@ class WorkerLoop:
                 run = self.done.get_nowait()
             except queue.Empty:
                 return
-            if self.runs.get(run.execution_id) is run:
-                del self.runs[run.execution_id]
-            status = run.outcome_status
-            if status in (HANDOVER, FENCED) or (run.handover and status == "suspended"):
-                continue  # the partition's next owner resumes it
-            self.tracker.finish(run.position.topic, run.position.partition,
-                                run.position.offset)
+            self.ended(run)
+
+    def ended(self, run: Run) -> None:
+        """A run has ended: its slot is free, and its start is done unless it was
+        handed over."""
+        if self.runs.get(run.execution_id) is run:
+            del self.runs[run.execution_id]
+        status = run.outcome_status
+        if status in (HANDOVER, FENCED) or (run.handover and status == "suspended"):
+            return  # the partition's next owner resumes it
+        self.tracker.finish(run.position.topic, run.position.partition, run.position.offset)
 
     def flow_control(self) -> None:
         """Pause every assigned partition while the backlog is full (for longer than
@@ -365,6 +426,7 @@ class WorkerLoop:
             if run.done is not None:
                 run.done.wait(timeout=max(0.0, deadline - time.monotonic()))
         self.collect_finished()
+        self.send_held_events(every=True)
         self.commit(wait=True)
         # Suspended runs are not finished messages: their offsets stay uncommitted,
         # so the next owner of the partition resumes them.

@@ -29,13 +29,13 @@ from typing import Any, Final, TypeVar
 from jarvis.compiler import Compilation
 from jarvis.runtime.artifacts import offload_outputs
 from jarvis.runtime.books import Book, BookRegistry
-from jarvis.runtime.execution import Execution, error_record
+from jarvis.runtime.execution import Execution, RecordedStatus, error_record
 from jarvis.runtime.isolation import ChildPool
 from jarvis.runtime.machine import Outcome
-from jarvis.runtime.statedir import ExecutionDir
+from jarvis.runtime.statedir import ExecutionDir, StateError
 from jarvis.settings import WorkerSettings
 from jarvis.worker.artifacts import artifact_store
-from jarvis.worker.endings import TERMINAL, Endings, status_key
+from jarvis.worker.endings import TERMINAL, Endings, status_key, terminal_status
 from jarvis.worker.keeper import LeaseKeeper
 from jarvis.worker.leases import Beginning, Fence, FencedOff, Lease, Leases, read_fence
 from jarvis.worker.logs import KafkaLogSink
@@ -267,14 +267,17 @@ class Runner:
         lease = began.lease
         fence = Fence(directory.root, lease, self.leases, self.settings.redis.reconnect_seconds)
         try:
-            ended = self._retrying(run, lambda: self.endings.ended_on_disk(execution_id))
+            # status.json, read once: whether the execution ended (Redis may have
+            # forgotten), and what the Execution resumes with.
+            recorded = self._retrying(run, lambda: self._read_status(directory))
+            ended = terminal_status(recorded.record if recorded is not None else None)
             if ended is not None:
                 return self._duplicate(run, ended, quiet)
             directory.create()
             fence.claim()
             self._take_stop_request(run, began.stop)
             self.keeper.add(run, lease)
-            return self._execute(run, directory, fence, lease)
+            return self._execute(run, directory, fence, lease, recorded)
         except FencedOff as exc:
             log.warning("execution %s: %s; this worker says nothing more about it",
                         execution_id, exc)
@@ -289,13 +292,23 @@ class Runner:
                     log.debug("execution %s: lease not released", execution_id,
                               exc_info=True)
 
+    @staticmethod
+    def _read_status(directory: ExecutionDir) -> RecordedStatus | None:
+        """The execution's status.json; None when it cannot be read (the Execution
+        reads it again, and fails saying why)."""
+        try:
+            return RecordedStatus(directory.read_status())
+        except StateError:
+            return None
+
     def _duplicate(self, run: Run, ended: str, quiet: bool) -> str:
         if not quiet:
             self.publish(run.execution_id, DUPLICATE, error={
                 "type": "Duplicate", "message": f"the execution is {ended}"})
         return DUPLICATE
 
-    def _execute(self, run: Run, directory: ExecutionDir, fence: Fence, lease: Lease) -> str:
+    def _execute(self, run: Run, directory: ExecutionDir, fence: Fence, lease: Lease,
+                 recorded: RecordedStatus | None) -> str:
         execution_id = run.execution_id
         command = run.command
         source, path = self.load_program(command)
@@ -311,7 +324,9 @@ class Runner:
             return "failed"
         program = compilation.program(command.trace or self.settings.trace_level)
         resumed = directory.journal.exists()
-        self.publish(execution_id, "resumed" if resumed else "started", attempt=lease.token)
+        # Held for a moment: a short run's end goes to the broker with it (loop.py).
+        self.publish(execution_id, "resumed" if resumed else "started", hold=True,
+                     attempt=lease.token)
         # Where a resumed run's delivery stopped, the Execution reads (trace.seq).
         sink = KafkaLogSink(self.logs_producer, self.settings.kafka.logs_topic, execution_id,
                             guard=fence.guard, on_events=self.metrics.count_trace_events)
@@ -326,6 +341,7 @@ class Runner:
             settings=self.settings.model_copy(update={"limits": limits}), sink=sink,
             stop_requested=run.stop_event.is_set, guard=fence.guard,
             isolation=self.pool, on_snapshot=checkpointed, artifacts=self.artifacts,
+            status=recorded,
         )
         outcome = execution.run()
         sink.flush()
@@ -423,8 +439,7 @@ class Runner:
         while True:
             try:
                 self.endings.record(run.execution_id, status, self.worker_id, clear_stop=True,
-                                    then=lambda pipe: self.leases.release(lease, pipe))
-                lease.released = True
+                                    lease=lease)
                 return
             except Exception as exc:
                 if not is_transient(exc) or time.monotonic() >= give_up:
