@@ -1,8 +1,8 @@
 # syntax=docker/dockerfile:1
 # The Jarvis worker image: `docker build -t jarvis .`, then `docker run jarvis worker`
 # (docs/operations.md). Two stages: the first builds the Jarvis wheel (with its C trace
-# hooks and trace batches, jarvis/runtime/_hooks.c and _tracebatch.c: the only compiled
-# parts; the dependencies all ship wheels) and installs it and its dependencies into a
+# hooks, trace batches and child process calls, jarvis/runtime/_hooks.c, _tracebatch.c
+# and _process.c: the only compiled parts; the dependencies all ship wheels) and installs it and its dependencies into a
 # virtualenv; the second is a slim Python with only that virtualenv, no compiler, run as
 # an unprivileged user.
 
@@ -26,7 +26,7 @@ RUN python -m pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
     && python -m venv --without-pip /opt/jarvis \
     && python -m pip --python /opt/jarvis/bin/python install --no-cache-dir --compile \
         /wheels/jarvis-*.whl \
-    && /opt/jarvis/bin/python -c "import jarvis.runtime._hooks, jarvis.runtime._tracebatch"
+    && /opt/jarvis/bin/python -c "import jarvis.runtime._hooks, jarvis.runtime._tracebatch, jarvis.runtime._process"
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="jarvis" \

@@ -379,3 +379,63 @@ def test_the_task_count_reads_threads_from_the_link_count() -> None:
         release.set()
         for thread in threads:
             thread.join()
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["c-extension", "ctypes"])
+def test_a_prepared_load_writes_the_pid_where_the_template_does(
+    native: bool, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The zygote keeps the template ready to load (`PreparedLoad`, with or without the
+    C extension); what a child loads is the template's program for its pid."""
+    if not native:
+        monkeypatch.setattr(confine, "_NATIVE", [None])
+    else:
+        assert confine.native() is not None, "the C extension _process is not built"
+    template = confine.filter_template()
+    assert template is not None
+    prepared = confine.PreparedLoad(template)
+    for pid in (4242, 77, 4_000_000):
+        assert prepared.program_for(pid) == template.for_pid(pid)
+    assert template.program == confine._export(confine.build_filter(confine._PLACEHOLDERS[0]))
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["c-extension", "ctypes"])
+def test_a_forked_child_sets_its_death_signal_and_filter_either_way(native: bool) -> None:
+    """With the C extension (`_process`) or through ctypes, a forked child sets the
+    parent-death signal it asks for and loads its filter: open() is refused after."""
+    script = textwrap.dedent(f"""
+        import ctypes, os, signal
+        from jarvis.runtime import confine
+        if not {native}:
+            confine._NATIVE[:] = [None]
+        assert (confine.native() is not None) == {native}
+        confine.prepare_filter()
+        pid = os.fork()
+        if pid == 0:
+            confine.set_death_signal(signal.SIGUSR1)
+            got = ctypes.c_int()
+            confine.libc().prctl(2, ctypes.byref(got), 0, 0, 0)  # PR_GET_PDEATHSIG
+            if got.value != signal.SIGUSR1:
+                os._exit(3)
+            if confine.install_filter() is not None:
+                os._exit(4)
+            try:
+                os.open("/dev/null", os.O_RDONLY)
+            except PermissionError:
+                os._exit(7)
+            os._exit(1)
+        _, status = os.waitpid(pid, 0)
+        print(os.waitstatus_to_exitcode(status))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert done.stdout.split() == ["7"], done.stderr
+
+
+def test_the_c_extension_refuses_a_program_that_is_not_whole_instructions() -> None:
+    process = confine.native()
+    assert process is not None, "the C extension _process is not built"
+    with pytest.raises(ValueError):
+        process.load_filter(b"\x00" * 12, True)
+    with pytest.raises(ValueError):
+        process.load_filter(b"", True)

@@ -174,3 +174,53 @@ def test_a_child_found_dead_at_a_write_fails_its_execution() -> None:
     assert outcome.status == "failed"
     assert isinstance(outcome.error, ChildDied)
     assert "killed by SIGKILL" in str(outcome.error)
+
+
+def test_the_childs_channel_reads_frames_however_they_arrive() -> None:
+    """The child's channel reads the socket itself (no buffered file): frames that
+    arrive together, a frame in many pieces, a blob larger than its reads, and a close
+    in the middle of a frame all read as through the host's `Channel`."""
+    import socket
+    import threading
+
+    from jarvis.runtime.channel import Channel
+    from jarvis.runtime.child import ChildChannel
+
+    host, child_end = socket.socketpair()
+    sender, reader = Channel(host), ChildChannel(child_end)
+    big = os.urandom(3 << 20)  # many receives, more than the socket buffer holds
+    frames = [({"op": "a", "n": 1}, b""), ({"op": "b", "text": "é"}, b"xyz"),
+              ({"op": "c"}, big), ({"op": "d"}, b"")]
+
+    def send_all() -> None:
+        for header, blob in frames[:2]:  # likely together in one receive
+            sender.send_behind(header, blob)
+        sender.send_behind(*frames[2])
+        sender.send_behind(*frames[3])
+
+    writer = threading.Thread(target=send_all)
+    writer.start()
+    got = [reader.receive() for _ in frames]
+    writer.join(10)
+    assert got == frames
+    partial = bytearray()
+
+    class Capture:
+        def sendall(self, data: bytes) -> None:
+            partial.extend(data)
+
+    spare = socket.socketpair()
+    capture = Channel(spare[0])
+    capture.sock = cast(Any, Capture())
+    capture.send_behind({"op": "e"}, b"0123456789")
+    for end in spare:
+        end.close()
+    for index in range(len(partial) - 3):  # all but the last bytes, one at a time
+        host.sendall(bytes(partial[index:index + 1]))
+    sender.close()  # the host's end, its buffered reader with it
+    with pytest.raises(ChannelClosed, match="mid-frame"):
+        reader.receive()
+    with pytest.raises(ChannelClosed) as closed:
+        reader.receive()
+    assert str(closed.value) == "the channel closed"
+    reader.close()

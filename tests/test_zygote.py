@@ -194,3 +194,87 @@ def test_the_zygote_warms_up_on_a_program_of_its_own_and_stays_single_threaded(
     assert all(o.status == "completed" for _, o in outcomes), outcomes
     assert [o.outputs["ok"]["n"] for _, o in outcomes] == [6, 7, 8, 9]
     assert capsys.readouterr().err == ""  # no failure was logged
+
+
+def test_the_zygote_warms_up_on_the_programs_the_host_compiled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The host compiles the warm-up program and sends it as the zygote's first
+    message; what arrives is what was sent, and the zygote runs it to completion."""
+    import socket
+
+    from jarvis.runtime import zygote
+    from jarvis.runtime.machine import Machine
+
+    programs = zygote.warm_up_programs()
+    host, other = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with host, other:
+        host.send(zygote.warm_up_message(programs))
+        assert zygote.receive_warm_up(other) == programs
+        host.close()
+        assert zygote.receive_warm_up(other) is None  # the host went away first
+
+    outcomes: list[Any] = []
+    run = Machine.run
+
+    def recording(machine: Machine) -> Any:
+        outcome = run(machine)
+        outcomes.append((machine.program.trace_level, outcome))
+        return outcome
+
+    monkeypatch.setattr(Machine, "run", recording)
+    zygote.warm_up(rounds=2, programs=programs)
+    assert [(level, o.status) for level, o in outcomes] == [("off", "completed"),
+                                                            ("full", "completed")]
+
+
+def test_the_zygote_imports_no_compiler_pipeline() -> None:
+    """What the zygote loads (`prepare`, then the warm-up on the host's programs) stays
+    clear of the compiler's pipeline and RestrictedPython: their memory would be in
+    every fork, making each fork and exit slower."""
+    import socket
+
+    from jarvis.runtime import zygote
+
+    host, other = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    script = (
+        "import json, socket, sys\n"
+        "from jarvis.runtime import zygote\n"
+        "zygote.prepare()\n"
+        f"programs = zygote.receive_warm_up(socket.socket(fileno={other.fileno()}))\n"
+        "zygote.warm_up(programs=programs)\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    with host:
+        host.send(zygote.warm_up_message(zygote.warm_up_programs()))
+        done = subprocess.run([sys.executable, "-c", script], pass_fds=(other.fileno(),),
+                              capture_output=True, text=True, timeout=120, check=True)
+        other.close()
+    import json
+
+    modules = set(json.loads(done.stdout))
+    assert "jarvis.runtime.machine" in modules and "jarvis.runtime.child" in modules
+    pipeline = {"RestrictedPython", "jarvis.compiler.phases", "jarvis.compiler.syntax",
+                "jarvis.compiler.validate", "jarvis.compiler.resolve",
+                "jarvis.compiler.emit", "jarvis.compiler.restrict",
+                "jarvis.compiler.lower"}
+    assert modules & pipeline == set(), done.stderr
+
+
+def test_a_forked_child_starts_no_thread_for_its_time_limits(forks: ForkServer) -> None:
+    """Its deadlines and stop grace come from SIGALRM (the alarm clock), caught from the
+    start: the child waits for its start message with one thread, its main one."""
+    child = forks.fork()
+    try:
+        pid = child.pid
+        eventually(lambda: os.readlink(f"/proc/{pid}/cwd") == child.workdir,
+                   "the child moved into its directory")
+        time.sleep(0.3)  # into serve(), where the watchdog thread used to start
+        assert len(os.listdir(f"/proc/{pid}/task")) == 1
+        status = Path(f"/proc/{pid}/status").read_text()
+        caught = int(next(line for line in status.splitlines()
+                          if line.startswith("SigCgt:")).split()[1], 16)
+        assert caught & (1 << (signal.SIGALRM - 1)), "SIGALRM is not caught"
+        assert caught & (1 << (signal.SIGTERM - 1)), "SIGTERM is not caught"
+    finally:
+        child.close()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import builtins as _py
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from jarvis.compiler.language import BOOKS_MODULE, EXCEPTIONS, SAFE_FUNCTIONS
 from jarvis.runtime.artifacts import artifact_arguments
@@ -92,10 +92,22 @@ def _make_print(effects: Effects) -> Callable[..., None]:
     return spy_print
 
 
+_PLAIN_INT_BITS: Final = 4096
+"""Ints up to this size (about 1,200 digits) convert to and from JSON text unchanged;
+longer ones take the general path, which raises what a conversion past Python's digit
+limit raises."""
+
+
 def _make_output(effects: Effects) -> Callable[[str, Any], None]:
     def output(name: str, value: Any) -> None:
         if not isinstance(name, str) or not name:
             raise TypeError("output(): the name must be a non-empty string")
+        kind = type(value)
+        if kind is str or kind is bool or value is None or (
+                kind is int and value.bit_length() <= _PLAIN_INT_BITS):
+            # Its own JSON copy (what the round trip below would make of it).
+            effects.output(name, value)
+            return
         check_json_value(value, f"output {name!r}")
         # The value as it is now: later mutation of the program's list or dict
         # does not change a recorded output.
@@ -128,22 +140,35 @@ _PYTHON_BUILTINS: dict[str, Any] = {
 }
 """The Python builtins a program may use, looked up once (each table is a copy)."""
 
+EFFECT_FUNCTIONS: Final = ("print", "output", "sleep", "now", "checkpoint", "artifact")
+"""The builtins made for each execution by `make_builtins`: closures over its effects."""
 
-def make_builtins(effects: Effects, book_names: list[str]) -> dict[str, Any]:
-    """The `__builtins__` of one execution: safe Python builtins and the SPy runtime."""
-    table = dict(_PYTHON_BUILTINS)
-    table.update(
-        print=_make_print(effects),
-        output=_make_output(effects),
-        sleep=_make_sleep(effects),
-        now=lambda: effects.now(),
-        checkpoint=lambda: effects.checkpoint(),
-        artifact=_make_artifact(effects),
-        BookError=BookError,
-        inputs=MappingProxyType({}),
-    )
-    books = {name: BookProxy(name, effects) for name in book_names}
-    table["_jv_book_table"] = books
+BUILTINS_LAYOUT: Final[Mapping[str, Any]] = MappingProxyType({
+    **_PYTHON_BUILTINS,
+    **dict.fromkeys(EFFECT_FUNCTIONS),
+    "BookError": BookError,
+    # Nothing can reach the dict under this proxy: one serves every table.
+    "inputs": MappingProxyType({}),
+})
+"""What `make_builtins` makes, in its order, with None for the entries it makes per
+execution (`EFFECT_FUNCTIONS`); the rest is shared by every table."""
+
+
+def make_builtins(effects: Effects, book_names: list[str],
+                  table: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The `__builtins__` of one execution: safe Python builtins and the SPy runtime,
+    and its Book proxies under `_jv_book_table`. Given a `table` (a fresh copy of
+    `BUILTINS_LAYOUT`, possibly with more entries), its per-execution entries are
+    filled in and `_jv_book_table` is not added."""
+    if table is None:
+        table = dict(BUILTINS_LAYOUT)
+        table["_jv_book_table"] = {name: BookProxy(name, effects) for name in book_names}
+    table["print"] = _make_print(effects)
+    table["output"] = _make_output(effects)
+    table["sleep"] = _make_sleep(effects)
+    table["now"] = lambda: effects.now()
+    table["checkpoint"] = lambda: effects.checkpoint()
+    table["artifact"] = _make_artifact(effects)
     return table
 
 

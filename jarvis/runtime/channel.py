@@ -22,11 +22,15 @@ from __future__ import annotations
 import json
 import socket
 import struct
+from collections.abc import Callable
 from typing import Any
 
 _LENGTHS = struct.Struct(">II")
 MAX_HEADER_BYTES = 64 << 20
 MAX_BLOB_BYTES = 256 << 20
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+"""What `json.dumps` with these options would make anew for every frame (in a forked
+child, each new encoder is pages of the zygote's touched, and so copied)."""
 
 
 class ChannelClosed(EOFError):
@@ -58,7 +62,7 @@ class Channel:
         if header_length > MAX_HEADER_BYTES or blob_length > MAX_BLOB_BYTES:
             raise ChannelError(f"frame too large ({header_length} + {blob_length} bytes)")
         try:
-            header = json.loads(self._read(header_length).decode("utf-8"))
+            header = _decode_header(self._read(header_length).decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as exc:
             raise ChannelError(f"malformed frame header: {exc}") from exc
         if not isinstance(header, dict):
@@ -80,8 +84,7 @@ class Channel:
         requests in order, and ends the run (killing the child) at a refused journal
         append, so a Book call sent behind the journal record of the effect before it
         is never performed unless that record was written."""
-        data = json.dumps(header, separators=(",", ":"), ensure_ascii=False,
-                          allow_nan=False).encode("utf-8")
+        data = _ENCODER.encode(header).encode("utf-8")
         try:
             self.sock.sendall(_LENGTHS.pack(len(data), len(blob)) + data + blob)
         except (BrokenPipeError, ConnectionResetError) as exc:
@@ -115,6 +118,23 @@ class Channel:
     def close(self) -> None:
         self._reader.close()
         self.sock.close()
+
+
+_SCAN: Callable[[str, int], tuple[Any, int]] = (
+    json.JSONDecoder().scan_once  # type: ignore[attr-defined]  # (untyped in typeshed)
+)
+
+
+def _decode_header(text: str) -> Any:
+    """`json.loads(text)`, by its scanner alone when the text is one JSON value with no
+    whitespace around it (as `send_behind` writes them): the same value, without the
+    Python code around the scanner (which a forked child pays for in copied pages).
+    Anything else, an error included, is left to `json.loads`."""
+    try:
+        value, end = _SCAN(text, 0)
+    except (StopIteration, ValueError):
+        return json.loads(text)
+    return value if end == len(text) else json.loads(text)
 
 
 class RemoteError(Exception):

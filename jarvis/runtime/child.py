@@ -12,6 +12,7 @@ execution, so nothing of one execution survives into another.
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # signal's C functions: no enums
 import os
 import signal
 import socket
@@ -23,14 +24,17 @@ from collections.abc import Sequence
 from typing import Any
 
 from jarvis.runtime.artifacts import StoredArtifact
-from jarvis.runtime.channel import Channel, RemoteError
-from jarvis.runtime.confine import ProcessLimits, confine, libc
+from jarvis.runtime.channel import Channel, ChannelClosed, RemoteError
+from jarvis.runtime.confine import ProcessLimits, confine, set_death_signal
 from jarvis.runtime.errors import BookError
 from jarvis.runtime.interrupt import (
     Stopped,
+    hold_alarms,
     interrupt_main,
     interrupt_main_later,
+    release_alarms,
     start_watchdog,
+    use_alarm_clock,
 )
 from jarvis.runtime.tracebatch import encode as encode_trace_batch
 
@@ -150,6 +154,64 @@ class ChannelArtifacts:
                               str(answer["sha256"]))
 
 
+class ChildChannel(Channel):
+    """The child's end of its channel: a message is read or written whole before a
+    time limit or the stop grace fires (they come from SIGALRM, see interrupt.py's
+    alarm clock, and would otherwise cut a message waiting in a system call in two).
+
+    It reads from the socket itself (`recv` into bytes it keeps), not through a
+    buffered file (`socket.makefile`): the same frames, with fewer objects made in a
+    child just forked (each one touches, and so copies, pages of the zygote's)."""
+
+    _CHUNK = 1 << 16
+
+    def __init__(self, sock: socket.socket) -> None:  # no super(): no makefile
+        self.sock = sock
+        self._unanswered = 0
+        self._pending = b""  # received, not read yet from `_offset` on
+        self._offset = 0
+
+    def _read(self, count: int) -> bytes:
+        pending, offset = self._pending, self._offset
+        if len(pending) - offset >= count:
+            self._offset = offset + count
+            return pending[offset: offset + count]
+        chunks = [pending[offset:]]
+        have = len(chunks[0])
+        while have < count:
+            try:
+                chunk = self.sock.recv(max(count - have, self._CHUNK))
+            except OSError as exc:  # ConnectionResetError among them
+                self._pending, self._offset = b"", 0
+                raise ChannelClosed(str(exc)) from exc
+            if not chunk:  # what came of the frame is consumed, as by a file's read
+                self._pending, self._offset = b"", 0
+                raise ChannelClosed("the channel closed mid-frame" if have
+                                    else "the channel closed")
+            chunks.append(chunk)
+            have += len(chunk)
+        data = b"".join(chunks)
+        self._pending, self._offset = data, count
+        return data[:count]
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def receive(self) -> tuple[dict[str, Any], bytes]:
+        hold_alarms()
+        try:
+            return super().receive()
+        finally:
+            release_alarms()
+
+    def send_behind(self, header: dict[str, Any], blob: bytes = b"") -> None:
+        hold_alarms()
+        try:
+            super().send_behind(header, blob)
+        finally:
+            release_alarms()
+
+
 _STOP = threading.Event()
 _GRACE_SECONDS = [2.0]
 
@@ -172,9 +234,10 @@ def serve(channel: Channel) -> int:
     from jarvis.runtime.program_bytes import decode_program
     from jarvis.runtime.trace import Tracer
 
-    # The time limits' thread, started while threads still can be (before the filter),
-    # and before the start message: a child that waits in a pool has it ready.
-    start_watchdog()
+    if not use_alarm_clock():
+        # No C extension for the alarm clock: the time limits' thread, started while
+        # threads still can be (before the filter), and before the start message.
+        start_watchdog()
     start, blob = channel.receive()
     if start.get("op") != "start":
         return 2
@@ -254,28 +317,30 @@ def die_with_parent(parent: int) -> None:
     zygote) dies: an execution must never go on running unobserved (its effects could
     not be journaled anyway)."""
     if sys.platform.startswith("linux"):
-        libc().prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # loaded in the zygote
+        set_death_signal(signal.SIGKILL)
         if os.getppid() != parent:  # the parent died before the request took effect
             os._exit(1)
 
 
-_PR_SET_PDEATHSIG = 1
-
 
 def become_child(parent: int) -> None:
     """The process settings of a child, spawned or forked: a stop (SIGTERM) is kept from
-    now on, the child dies with `parent`, and Ctrl-C in a terminal is not its."""
-    signal.signal(signal.SIGTERM, _on_term)
+    now on, the child dies with `parent`, Ctrl-C in a terminal is not its, and its time
+    limits come from SIGALRM where it can (no thread: see interrupt.py's alarm clock)."""
+    use_alarm_clock()  # before a stop can arrive: its grace is on that clock
+    # `_signal` rather than `signal`: the same calls, without turning what they
+    # return into enums (Python code that would cost a forked child copied pages).
+    _signal.signal(signal.SIGTERM, _on_term)
     # The parent starts a child with SIGTERM blocked: a stop sent while the child still
     # started (an interpreter importing, say) waited, and is handled from here on.
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    _signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGTERM,))
     die_with_parent(parent)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _signal.signal(signal.SIGINT, _signal.SIG_IGN)
 
 
 def serve_fd(fd: int) -> int:
     """`serve` on the channel socket `fd`, which is closed afterwards."""
-    channel = Channel(socket.socket(fileno=fd))
+    channel = ChildChannel(socket.socket(fileno=fd))
     try:
         return serve(channel)
     finally:

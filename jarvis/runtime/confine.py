@@ -32,6 +32,7 @@ with the resource limits only; the host logs that once (`warn_if_unavailable`).
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # signal's C functions: no enums
 import contextlib
 import ctypes
 import errno
@@ -47,6 +48,7 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any, Final
 
 from jarvis.runtime.errors import LimitExceeded
@@ -148,7 +150,7 @@ def confine(limits: ProcessLimits, *, warn: Callable[[str], None] | None = None)
     preload()
     # The CPU limit ends the process even inside a long C call (where no Python-level
     # handler could run), so that the host sees a death it can name.
-    signal.signal(signal.SIGXCPU, signal.SIG_DFL)
+    _signal.signal(signal.SIGXCPU, _signal.SIG_DFL)  # (no enum made, see child.py)
     confinement = Confinement(rlimits=set_rlimits(limits))
     reason = install_filter()
     confinement.seccomp = reason is None
@@ -288,15 +290,66 @@ _TEMPLATE: list[FilterTemplate] = []
 """The template `prepare_filter` built (in the zygote); a forked child inherits it."""
 
 
+class PreparedLoad:
+    """A template's program ready to load, made once by the zygote: a child writes its
+    pid into the slots in place and loads it, with no copy and (where the C extension
+    `_process` is built) no ctypes call, whose machinery would cost a forked child
+    pages copied from the zygote. Without the extension the program is kept in C
+    memory with the `sock_fprog` that points at it, for `prctl` through ctypes."""
+
+    _PID: Final = struct.Struct("=I")
+    _K_OFFSET: Final = 4  # of `k` in a `struct sock_filter`
+
+    def __init__(self, template: FilterTemplate) -> None:
+        self.template = template
+        self.offsets = tuple(slot * _INSTRUCTION.size + self._K_OFFSET
+                             for slot in template.slots)
+        self.program = bytearray(template.program)
+        self.buffer: Any = None  # the ctypes copy, without the extension
+        self.fprog: Any = None
+        if native() is None:
+            self.buffer = ctypes.create_string_buffer(template.program,
+                                                      len(template.program))
+            self.fprog = _SockFprog(len(template.program) // _INSTRUCTION.size,
+                                    ctypes.addressof(self.buffer))
+
+    def program_for(self, pid: int) -> bytes:
+        """Write `pid` into the slots; the program `load` then loads."""
+        target = self.program if self.buffer is None else self.buffer
+        for offset in self.offsets:
+            self._PID.pack_into(target, offset, pid)
+        return bytes(self.program) if self.buffer is None else bytes(self.buffer.raw)
+
+    def load(self, pid: int) -> None:
+        process = native()
+        if self.buffer is None and process is not None:
+            for offset in self.offsets:
+                self._PID.pack_into(self.program, offset, pid)
+            process.load_filter(self.program, self.template.no_new_privs)
+            return
+        for offset in self.offsets:
+            self._PID.pack_into(self.buffer, offset, pid)
+        c = libc()
+        if self.template.no_new_privs:
+            _prctl(c, _PR_SET_NO_NEW_PRIVS, 1)
+        _prctl(c, _PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.addressof(self.fprog))
+
+
+_PREPARED: list[PreparedLoad] = []
+"""The zygote's template, ready to load (`prepare_filter`); a forked child inherits it."""
+
+
 def prepare_filter() -> None:
     """Build the filter once, here, as a template: the zygote calls it, so that a child
-    it forks writes its pid into a copy and loads it, rather than having libseccomp
-    build the whole filter (about 70 rules) and its BPF for itself."""
+    it forks writes its pid into it and loads it, rather than having libseccomp build
+    the whole filter (about 70 rules) and its BPF for itself."""
     libc()
+    native()
     if not _TEMPLATE:
         template = filter_template()
         if template is not None:
             _TEMPLATE.append(template)
+            _PREPARED[:] = [PreparedLoad(template)]
 
 
 def filter_template() -> FilterTemplate | None:
@@ -387,7 +440,9 @@ def _add_rules(syscall_filter: Any, rules: list[tuple[int, str, tuple[Any, ...]]
 def install_filter() -> str | None:
     """Load the seccomp filter into this process; None when it is on, else why not."""
     try:
-        if _TEMPLATE:
+        if _TEMPLATE and _PREPARED and _PREPARED[0].template is _TEMPLATE[0]:
+            _PREPARED[0].load(os.getpid())
+        elif _TEMPLATE:
             template = _TEMPLATE[0]
             load_program(template.for_pid(os.getpid()), template.no_new_privs)
         else:
@@ -417,6 +472,32 @@ def _prctl(c: Any, option: int, value: int, pointer: int = 0) -> None:
                   ctypes.c_ulong(0), ctypes.c_ulong(0)) != 0:
         code = ctypes.get_errno()
         raise OSError(code, f"prctl({option}): {os.strerror(code)}")
+
+
+_NATIVE: list[ModuleType | None] = []
+
+
+def native() -> ModuleType | None:
+    """The C extension `jarvis.runtime._process` (prctl without ctypes), None where it
+    was not built (then ctypes makes the same calls)."""
+    if not _NATIVE:
+        try:
+            from jarvis.runtime import _process
+        except ImportError:
+            _NATIVE.append(None)
+        else:
+            _NATIVE.append(_process)
+    return _NATIVE[0]
+
+
+def set_death_signal(signum: int) -> None:
+    """`prctl(PR_SET_PDEATHSIG, signum)`: this process gets `signum` when its parent
+    (the thread that forked it) ends."""
+    process = native()
+    if process is not None:
+        process.set_death_signal(signum)
+    else:
+        _prctl(libc(), _PR_SET_PDEATHSIG, signum)
 
 
 @functools.cache

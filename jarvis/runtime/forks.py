@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import logging
 import shutil
 import signal
@@ -24,7 +23,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from typing import IO, Any
+from typing import IO
 
 from jarvis.runtime.children import (
     Child,
@@ -33,6 +32,7 @@ from jarvis.runtime.children import (
     remove_workdir,
     spawn_python,
 )
+from jarvis.runtime.zygote import warm_up_message, warm_up_programs
 
 log = logging.getLogger("jarvis.runtime.forks")
 
@@ -112,6 +112,7 @@ class ForkServer:
         self.process: subprocess.Popen[bytes] | None = None
         self.problem: str | None = None
         self.closed = False
+        self.warm_up: bytes | None = None
         self.workdir = tempfile.mkdtemp(prefix="jarvis-zygote-")
         self.log: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
         self.supervisor = threading.Thread(target=self._supervise, name="zygote",
@@ -136,7 +137,7 @@ class ForkServer:
             assert sock is not None
             child = ForkedChild(self, next(self.ids))
             self.children[child.request_id] = child
-        request = {"op": "fork", "id": child.request_id, "workdir": child.workdir}
+        request = f"fork {child.request_id} {child.workdir}"
         try:
             self._send(sock, request, [child.child_end.fileno(), child.log.fileno()])
         except OSError as exc:
@@ -151,7 +152,7 @@ class ForkServer:
             sock = self.sock
         if sock is not None:
             with contextlib.suppress(OSError):  # the zygote died, and the child with it
-                self._send(sock, {"op": "signal", "id": request_id, "signal": int(signum)})
+                self._send(sock, f"signal {request_id} {int(signum)}")
 
     def close(self) -> None:
         with self.lock:
@@ -170,9 +171,10 @@ class ForkServer:
 
     # -- the supervisor thread ------------------------------------------------------
 
-    def _send(self, sock: socket.socket, message: dict[str, Any],
+    def _send(self, sock: socket.socket, message: str,
               fds: list[int] | None = None) -> None:
-        data = json.dumps(message).encode("utf-8")
+        """One request to the zygote (words, see zygote.py's protocol)."""
+        data = message.encode("utf-8")
         with self.send_lock:
             if fds:
                 socket.send_fds(sock, [data], fds)
@@ -196,13 +198,27 @@ class ForkServer:
             failures = failures + 1 if time.monotonic() - started < 5 else 0
             time.sleep(min(0.1 * 2 ** failures, 5.0))
 
+    def _warm_up_message(self) -> bytes:
+        """The zygote's first message: the programs it warms up on, compiled here (the
+        zygote imports no compiler), once; none if they cannot be compiled."""
+        if self.warm_up is None:
+            try:
+                self.warm_up = warm_up_message(warm_up_programs())
+            except Exception:  # an optimization: the zygote serves without it
+                log.exception("the zygote's warm-up program did not compile")
+                self.warm_up = warm_up_message([])
+        return self.warm_up
+
     def _run_one(self) -> int:
+        warm_up = self._warm_up_message()
         host_end, zygote_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         fd = zygote_end.fileno()
         try:
             process = spawn_python("jarvis.runtime.zygote", fd, self.log, self.workdir)
         finally:
             zygote_end.close()
+        with contextlib.suppress(OSError):  # a zygote gone already is seen by _read
+            host_end.send(warm_up)  # first, before any request
         with self.lock:
             self.process = process
             self.sock = host_end
@@ -232,18 +248,18 @@ class ForkServer:
                 return
             if not data:
                 return
-            message = json.loads(data)
-            op, request_id = message.get("op"), int(message.get("id", 0))
+            op, word, argument = data.decode("utf-8").split(" ", 2)
+            request_id = int(word)
             if op == "forked":
                 with self.lock:
                     child = self.children.get(request_id)
                 if child is not None:
-                    child.forked(int(message["pid"]))
+                    child.forked(int(argument))
             elif op == "exited":
-                error = message.get("error")
-                code = int(message.get("code", -signal.SIGKILL))
-                self._ended(request_id, code, f"the execution's process did not start: "
-                            f"{error}" if error else None)
+                self._ended(request_id, int(argument), None)
+            elif op == "failed":
+                self._ended(request_id, -signal.SIGKILL,
+                            f"the execution's process did not start: {argument}")
 
     def _ended(self, request_id: int, code: int, failure: str | None) -> None:
         with self.lock:

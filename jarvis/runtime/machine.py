@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from time import perf_counter_ns
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from jarvis.compiler.compiled import CompiledProgram
 from jarvis.compiler.contract import ARTIFACT, BOOK, CALL, CHECKPOINT, RETURN, SLEEP
@@ -31,6 +31,7 @@ from jarvis.runtime.artifacts import (
     sha256_hex,
 )
 from jarvis.runtime.books import PLAIN_SCALARS, BookRegistry, json_copy
+from jarvis.runtime.builtins import set_inputs
 from jarvis.runtime.channel import RemoteError
 from jarvis.runtime.effects_log import (
     EffectStore,
@@ -148,11 +149,9 @@ class Machine:
         self.clock = clock
         self.wait = wait
         self.stop_requested = stop_requested
-        # Without a store, artifacts are kept in memory (tests, non-durable runs).
-        self.artifacts: ArtifactUploads = artifacts or ExecutionArtifacts(
-            MemoryArtifactStore(), execution_id, self.limits.max_artifact_bytes)
+        self._artifacts = artifacts
         self.namespace = Namespace(program, self, tracer.hooks())
-        self.namespace.set_inputs(inputs)
+        set_inputs(self.namespace.builtins, inputs)
         self.outputs: dict[str, Any] = {}
         self.output_bytes = 0
         self.print_bytes = 0
@@ -168,6 +167,15 @@ class Machine:
         self.snapshot_time = clock()
         self.snapshots_taken = 0
         self.snapshots_skipped = 0
+
+    @property
+    def artifacts(self) -> ArtifactUploads:
+        """Where `artifact()` stores; without a store given, in memory (tests,
+        non-durable runs), made on the first artifact."""
+        if self._artifacts is None:
+            self._artifacts = ExecutionArtifacts(
+                MemoryArtifactStore(), self.execution_id, self.limits.max_artifact_bytes)
+        return self._artifacts
 
     # -- state --------------------------------------------------------------------
 
@@ -249,8 +257,12 @@ class Machine:
         """Drive the program until it completes, fails or is stopped."""
         if not self.stack:
             self.start_fresh()
+        seconds = self.limits.max_seconds
         try:
-            with Deadline(self.limits.max_seconds, TimeLimitExceeded):
+            if seconds is not None and seconds > 0:
+                with Deadline(seconds, TimeLimitExceeded):
+                    self.drive()
+            else:  # no time limit: what the Deadline would do is nothing
                 self.drive()
             self.tracer.flush()  # may find the trace past its limit (trace_events)
         except Stopped:
@@ -276,7 +288,6 @@ class Machine:
                               type(exc).__name__, str(exc))
             self.tracer.flush()
             return Outcome("failed", self.outputs, exc, where, self.counters())
-        self.tracer.flush()
         return Outcome("completed", self.outputs, counters=self.counters())
 
     def limit_outcome(self, exc: LimitExceeded, where: ErrorLocation | None) -> Outcome:
@@ -571,9 +582,9 @@ class Machine:
         return str(record["url"])
 
     def output(self, name: str, value: Any) -> None:
-        size = len(json.dumps(value, ensure_ascii=False))
+        size = _json_size(value)
         previous = self.outputs.get(name)
-        previous_size = 0 if previous is None else len(json.dumps(previous, ensure_ascii=False))
+        previous_size = 0 if previous is None else _json_size(previous)
         total = self.output_bytes - previous_size + size
         if total > self.limits.max_output_bytes:
             raise LimitExceeded("output_bytes",
@@ -581,7 +592,11 @@ class Machine:
                                 f"{self.limits.max_output_bytes}")
         self.output_bytes = total
         self.outputs[name] = value
-        self.tracer.event("output", 0, 0, 0, 0, name, value)
+        if type(value) in DEFERRED_TYPES:
+            # It cannot change: rendered only if a sink reads the event.
+            self.tracer.engine_event("output", 0, 0, 0, 0, name, value)
+        else:
+            self.tracer.event("output", 0, 0, 0, 0, name, value)
 
     def print(self, text: str) -> None:
         self.print_bytes += len(text)
@@ -607,6 +622,22 @@ def limit_of(error: BaseException) -> LimitExceeded | None:
     return None
 
 
+
+
+_JSON: Final = json.JSONEncoder(ensure_ascii=False)
+"""`json.dumps(value, ensure_ascii=False)`, without making an encoder per call."""
+
+_JSON_WORDS: Final[dict[Any, int]] = {None: 4, True: 4, False: 5}
+
+
+def _json_size(value: Any) -> int:
+    """len(json.dumps(value, ensure_ascii=False)), the common scalars without encoding."""
+    kind = type(value)
+    if kind is int:
+        return len(int.__repr__(value))  # what the encoder writes (and raises)
+    if kind is bool or value is None:
+        return _JSON_WORDS[value]
+    return len(_JSON.encode(value))
 
 
 def _position(site: Any) -> tuple[int, int, int, int]:

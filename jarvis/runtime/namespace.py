@@ -12,18 +12,25 @@ from __future__ import annotations
 import contextlib
 import gc
 import io
+import os
 import pickle
 import types
-import weakref
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Final, cast
 
 import cloudpickle
 
 from jarvis.compiler.compiled import CompiledProgram
 from jarvis.compiler.contract import runtime_names
 from jarvis.runtime import bounded
-from jarvis.runtime.builtins import BookProxy, Effects, make_builtins, set_inputs
+from jarvis.runtime.builtins import (
+    BUILTINS_LAYOUT,
+    EFFECT_FUNCTIONS,
+    BookProxy,
+    Effects,
+    make_builtins,
+    set_inputs,
+)
 from jarvis.runtime.frames import (
     END,
     ArgumentPacker,
@@ -41,13 +48,86 @@ from jarvis.runtime.locate import locate, mark_origin
 _STATIC_PREFIXES = ("_jv_step_", "_jv_bind_", "_jv_H_")
 """Globals the program module defines itself; rebuilt on load, never saved."""
 
-_NAMED: weakref.WeakKeyDictionary[
-    CompiledProgram,
-    tuple[dict[int, types.CodeType], dict[int, int], dict[int, types.CodeType]],
-] = weakref.WeakKeyDictionary()
-"""Per program: the code of its step functions with the program's own names, and the
-`code_index` and `codes` tables that go with it. Made by the program's first
-Namespace, shared read-only by the later ones."""
+_Named = tuple[
+    tuple[tuple[int, str, types.CodeType], ...],
+    tuple[tuple[int, str], ...],
+    dict[int, int],
+    dict[int, types.CodeType],
+]
+
+_NAMED: Final = "_jv_named"
+"""Where a program keeps what its first Namespace worked out, for the later ones
+(in its `__dict__`, a cache of the runtime's): its step functions (fid, name in the
+module, code with the program's own names), its binders (fid, name), and the
+`code_index` and `codes` tables that go with the renamed code. Shared read-only."""
+
+
+_LAYOUT: Final[dict[str, Any]] = {
+    **BUILTINS_LAYOUT,
+    "_jv_books": None,  # per execution
+    "_jv_save": save_locals,
+    "_jv_locals": locals,
+    "_jv_kw": keywords,
+    "_jv_exc_match": exception_matches,
+    "_jv_END": END,
+    "_jv_iter": iter,
+    "_jv_next": next,
+    "_jv_Cell": Cell,
+    "_jv_mkfn": None,  # per execution
+    "_jv_defaults": with_defaults,
+    "_jv_pack": ArgumentPacker,
+    "_jv_genexp": make_generator,
+    "_jv_genvar": read_variable,
+    **bounded.helpers(),
+    **runtime_names(),
+    **guard_table(),
+}
+"""The builtins table of every execution, in its order, with None where each execution
+puts its own: the effect functions (`make_builtins`), `_jv_books`, `_jv_mkfn`; the
+tracer's hooks come last. Never handed to a program: each execution gets a copy."""
+
+_Spare = tuple[dict[str, Any], tuple[types.CellType, ...]]
+
+
+def _spare() -> dict[str, _Spare]:
+    """A table laid out as `_LAYOUT` with its effect functions made (`make_builtins`)
+    for no execution yet, and the closure cells through which they reach theirs (none
+    if those functions hold anything else of an execution's)."""
+    table = make_builtins(cast(Effects, None), [], dict(_LAYOUT))
+    cells: dict[int, types.CellType] = {}
+    for name in EFFECT_FUNCTIONS:
+        function = table[name]
+        if type(function) is not types.FunctionType or function.__closure__ is None or (
+                function.__code__.co_freevars != ("effects",)):
+            return {}
+        cell = function.__closure__[0]
+        cells[id(cell)] = cell
+    return {"table": (table, tuple(cells.values()))}
+
+
+_SPARE: Final = _spare()
+"""A builtins table made at import, kept for the first execution of a forked process
+(a zygote's child), which takes it and points its effect functions at itself. There,
+that writes to a handful of the pages the table shares with the zygote, where a copy
+of `_LAYOUT` adds a reference to each of its hundred-odd entries and making the effect
+functions touches their code (a copied page per few objects touched). The importing
+process never takes it, so it is unused in every process forked from it; `dict.pop`
+hands it to one Namespace only."""
+
+_SPARE_PID: Final = os.getpid()
+
+
+def _fresh_table(effects: Effects) -> dict[str, Any]:
+    """A builtins table no other execution has: `_LAYOUT`'s entries, in its order, with
+    the effect functions of `effects` (`make_builtins`)."""
+    if os.getpid() != _SPARE_PID:
+        spare = _SPARE.pop("table", None)
+        if spare is not None:
+            table, cells = spare
+            for cell in cells:
+                cell.cell_contents = effects
+            return table
+    return make_builtins(effects, [], dict(_LAYOUT))
 
 
 class Namespace:
@@ -60,54 +140,56 @@ class Namespace:
         hooks: dict[str, Callable[..., Any]],
     ) -> None:
         self.program = program
-        table = make_builtins(effects, list(program.books))
-        self.books: dict[str, BookProxy] = table.pop("_jv_book_table")
-        table.update(
-            _jv_books=self.books,
-            _jv_save=save_locals,
-            _jv_locals=locals,
-            _jv_kw=keywords,
-            _jv_exc_match=exception_matches,
-            _jv_END=END,
-            _jv_iter=iter,
-            _jv_next=next,
-            _jv_Cell=Cell,
-            _jv_mkfn=self.make_function,
-            _jv_defaults=with_defaults,
-            _jv_pack=ArgumentPacker,
-            _jv_genexp=make_generator,
-            _jv_genvar=read_variable,
-            **bounded.helpers(),
-            **runtime_names(),
-            **guard_table(),
-            **hooks,
-        )
+        table = _fresh_table(effects)
+        self.books: dict[str, BookProxy] = (
+            {name: BookProxy(name, effects) for name in program.books} if program.books else {})
+        table["_jv_books"] = self.books
+        table["_jv_mkfn"] = self.make_function
+        table.update(hooks)
         self.builtins = table
         self.globals: dict[str, Any] = {"__builtins__": table, "__name__": "__spy__"}
         exec(program.code, self.globals)
-        self.steps = {
-            fid: self.globals[f"_jv_step_{fid}"] for fid in program.functions
-        }
-        self.binders = {
-            fid: self.globals[f"_jv_bind_{fid}"].__code__
-            for fid in program.functions
-            if fid
-        }
-        named = _NAMED.get(program)
+        self.steps: dict[int, Any] = {}
+        self.code_index: dict[int, int]
+        self.codes: dict[int, types.CodeType]
+        """index -> the code with the program's own names (`name_local_functions`)"""
+        named: _Named | None = program.__dict__.get(_NAMED)
         if named is None:
-            self.code_index = {id(code): index for index, code in enumerate(program.codes)}
-            # index -> the code with the program's own names (`name_local_functions`)
-            self.codes: dict[int, types.CodeType] = {}
-            self.name_local_functions()
-            _NAMED[program] = ({fid: step.__code__ for fid, step in self.steps.items()},
-                               self.code_index, self.codes)
+            named = self._name_program()
         else:
             # Renamed once per program, and shared: the executions of a program run the
             # same code objects, so CPython's specialisation of them carries over.
-            step_codes, self.code_index, self.codes = named
-            for fid, step in self.steps.items():
-                step.__code__ = step_codes[fid]
+            self.code_index, self.codes = named[2], named[3]
+            for fid, name, code in named[0]:
+                step = self.globals[name]
+                step.__code__ = code
+                self.steps[fid] = step
+        self.binders = {
+            fid: self.globals[name].__code__ for fid, name in named[1]
+        } if named[1] else {}
         self._builtin_names: dict[int, str] | None = None
+
+    def _name_program(self) -> _Named:
+        """The first Namespace of a program: rename the code of its step functions
+        (unless its module code comes renamed: `LOCAL_NAMES_DONE`), and keep what the
+        later Namespaces of the program reuse (`_NAMED`)."""
+        program = self.program
+        codes = program.codes
+        self.code_index = dict(zip(map(id, codes), range(len(codes)), strict=True))
+        self.codes = {}
+        binders: list[tuple[int, str]] = []
+        for fid in program.functions:
+            self.steps[fid] = self.globals[f"_jv_step_{fid}"]
+            if fid:
+                binders.append((fid, f"_jv_bind_{fid}"))
+        if not program.__dict__.get(LOCAL_NAMES_DONE, False):
+            self.name_local_functions()
+        steps = []
+        for fid, step in self.steps.items():
+            steps.append((fid, f"_jv_step_{fid}", step.__code__))
+        named = program.__dict__[_NAMED] = (
+            tuple(steps), tuple(binders), self.code_index, self.codes)
+        return named
 
     @property
     def builtin_names(self) -> dict[int, str]:
@@ -126,23 +208,13 @@ class Namespace:
             step.__code__ = self._renamed(step.__code__, f"_jv_step_{fid}.<locals>.", owner)
 
     def _renamed(self, code: types.CodeType, prefix: str, owner: str) -> types.CodeType:
-        constants = tuple(
-            self._renamed(c, prefix, owner) if isinstance(c, types.CodeType) else c
-            for c in code.co_consts
-        )
-        qualname = code.co_qualname
-        if qualname.startswith(prefix):
-            qualname = owner + qualname[len(prefix):]
-        if qualname == code.co_qualname and all(
-            new is old for new, old in zip(constants, code.co_consts, strict=True)
-        ):
-            return code
-        renamed = code.replace(co_consts=constants, co_qualname=qualname)
+        return rename_locals(code, prefix, owner, self._record_renamed)
+
+    def _record_renamed(self, code: types.CodeType, renamed: types.CodeType) -> None:
         index = self.code_index.get(id(code))
         if index is not None:
             self.code_index[id(renamed)] = index
             self.codes[index] = renamed
-        return renamed
 
     def set_inputs(self, inputs: dict[str, Any]) -> None:
         set_inputs(self.builtins, inputs)
@@ -178,6 +250,59 @@ class Namespace:
         state: dict[str, Any] = unpickler.load()
         unpickler.fill_cells()
         return state
+
+
+LOCAL_NAMES_DONE: Final = "_jv_local_names_done"
+"""Set (to True) in the `__dict__` of a program whose module code comes with its local
+functions named already (`named_module_code`): its Namespaces rename nothing."""
+
+
+def rename_locals(code: types.CodeType, prefix: str, owner: str,
+                  record: Callable[[types.CodeType, types.CodeType], None],
+                  ) -> types.CodeType:
+    """`code` with the qualified names under `prefix` (`_jv_step_3.<locals>.`) moved
+    under `owner` (`f.<locals>.`), in it and in the code it holds; `record(old, new)`
+    is told each code replaced."""
+    constants = code.co_consts
+    renamed_constants: list[Any] | None = None
+    for position, constant in enumerate(constants):
+        if type(constant) is types.CodeType:
+            renamed_constant = rename_locals(constant, prefix, owner, record)
+            if renamed_constant is not constant:
+                if renamed_constants is None:
+                    renamed_constants = list(constants)
+                renamed_constants[position] = renamed_constant
+    qualname = code.co_qualname
+    if qualname.startswith(prefix):
+        qualname = owner + qualname[len(prefix):]
+    if qualname == code.co_qualname and renamed_constants is None:
+        return code
+    renamed = code.replace(
+        co_consts=constants if renamed_constants is None else tuple(renamed_constants),
+        co_qualname=qualname)
+    record(code, renamed)
+    return renamed
+
+
+def named_module_code(program: CompiledProgram) -> types.CodeType | None:
+    """The program's module code with the code of its step functions renamed as its
+    Namespaces rename it (`Namespace.name_local_functions`); None if a step function
+    is not defined at the module's top level (then the Namespaces do it)."""
+    constants = list(program.code.co_consts)
+    where = {constant.co_name: position for position, constant in enumerate(constants)
+             if type(constant) is types.CodeType}
+    for fid, info in program.functions.items():
+        position = where.get(f"_jv_step_{fid}")
+        if position is None:
+            return None
+        owner = "" if fid == 0 else f"{info.qualname}.<locals>."
+        constants[position] = rename_locals(constants[position], f"_jv_step_{fid}.<locals>.",
+                                            owner, _ignore_renamed)
+    return program.code.replace(co_consts=tuple(constants))
+
+
+def _ignore_renamed(code: types.CodeType, renamed: types.CodeType) -> None:
+    pass
 
 
 class _CellBox:

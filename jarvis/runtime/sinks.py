@@ -57,7 +57,9 @@ class NullSink:
 
     def deliver(self, events: Sequence[TraceEvent]) -> None:
         if events:
-            self.last_delivered = max(self.last_delivered, events[-1].seq)
+            # A batch knows its last seq without making (and rendering) its last event.
+            last = events.last_seq if type(events) is EventBatch else events[-1].seq
+            self.last_delivered = max(self.last_delivered, last)
 
     def close(self) -> None:
         pass

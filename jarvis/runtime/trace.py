@@ -200,7 +200,11 @@ class Renderer:
         """Items looked at in a container inside a container."""
         self._flat_keys: set[tuple[Any, ...]] = set()
         """Key tuples of dicts known to be short scalars (see `capture`)."""
-        self._by_type: dict[type, Callable[[Any, int, int], str]] = {
+        self._by_type: dict[type, Callable[[Any, int, int], str]] | None = None
+        """How `text` renders the less common types; made when first needed."""
+
+    def _renderers(self) -> dict[type, Callable[[Any, int, int], str]]:
+        self._by_type = {
             types.MappingProxyType: self._mappingproxy,
             set: self._set,
             frozenset: self._set,
@@ -212,6 +216,7 @@ class Renderer:
             types.FunctionType: _function,
             types.BuiltinFunctionType: _builtin,
         }
+        return self._by_type
 
     # -- one value ----------------------------------------------------------------
 
@@ -309,7 +314,7 @@ class Renderer:
             if len(value) == 1:
                 return "(" + self.text(value[0], room - 3, depth + 1) + ",)"
             return self._sequence(value, len(value), "(", ")", room, depth, True)
-        render = self._by_type.get(kind)
+        render = (self._by_type or self._renderers()).get(kind)
         if render is not None:
             return render(value, room, depth)
         if isinstance(value, BaseException):
@@ -803,6 +808,9 @@ _reprs: Callable[[list[Any]], list[str]] = getattr(_EXTENSION, "reprs", _python_
 """`[*map(repr, values)]`, in C when the hooks are (quicker for None and ints)."""
 
 
+_NO_SITES: Final[frozenset[int]] = frozenset()
+
+
 class Tracer:
     """The recorder of one execution's trace: the hooks, the numbering, the batches.
 
@@ -839,9 +847,10 @@ class Tracer:
         self._table: list[SiteRow] = [
             (site.kind, site.line, site.col, site.end_line, site.end_col, site.text)
             for site in sites
-        ]
-        self._summarized = frozenset(k for k, site in enumerate(sites) if site.summarize)
-        self._has_values = any(site.kind == "expr" for site in sites)
+        ] if sites else []
+        self._summarized = frozenset(
+            k for k, site in enumerate(sites) if site.summarize) if sites else _NO_SITES
+        self._has_values = any(site.kind == "expr" for site in sites) if sites else False
         self._seq = start_seq
         """The seq of the last event flushed."""
         self._steps = start_steps
@@ -850,11 +859,16 @@ class Tracer:
         self._buffer: list[Any] = []
         self._marks: list[int] = []
         """Where in the buffer a value rendered by the hook (a (text, type) pair) is."""
+        # The capacity `_update_capacity` would set, worked out here (no events yet).
+        capacity = 2 * batch_size
+        if max_steps is not None:
+            capacity = min(capacity, 2 * max(max_steps - start_steps + 1, 1))
+        if max_events is not None:
+            capacity = min(capacity, 2 * max(max_events - start_seq + 1, 1))
         (self.hook_expr, self.hook_expr_checked, self.hook_stmt, self.hook_first,
-         self._set_capacity) = self._hooks()
-        self._update_capacity()
+         self._set_capacity) = self._hooks(capacity)
 
-    def _hooks(self) -> tuple[
+    def _hooks(self, capacity: int) -> tuple[
         Callable[[int, Any], Any], Callable[[int, Any], Any], Callable[[int], None],
         Callable[[int, int, Any], Any], Callable[[int], None],
     ]:
@@ -866,6 +880,13 @@ class Tracer:
         longest = renderer.max_chars
 
         summaries = _SUMMARIES
+        spill = self._spill
+
+        if _native is not None:  # the same hooks in C (jarvis/runtime/_hooks.c)
+            native = _native(buffer, marks, renderer.capture, summarized, summaries, spill,
+                             capacity, longest)
+            return (native.expr, native.expr_checked, native.stmt, native.first,
+                    native.set_capacity)
 
         def capture(k: int, value: Any) -> tuple[str, str]:
             if k in summarized:
@@ -874,15 +895,6 @@ class Tracer:
                     size = len(value)
                     return (form[0] % size if size > 1 else form[1] if size else form[2]), form[3]
             return renderer.capture(value)
-
-        spill = self._spill
-        capacity = 2 * self.batch_size
-
-        if _native is not None:  # the same hooks in C (jarvis/runtime/_hooks.c)
-            native = _native(buffer, marks, renderer.capture, summarized, summaries, spill,
-                             capacity, longest)
-            return (native.expr, native.expr_checked, native.stmt, native.first,
-                    native.set_capacity)
 
         # The hooks run once per traced expression and statement: every name is a
         # local or a closure cell, `buffer.append` is specialised by the interpreter,
@@ -1090,11 +1102,12 @@ class Tracer:
 
     def _update_capacity(self) -> None:
         entries = 2 * self.batch_size
+        pending = len(self._buffer) // 2  # `steps` and `seq`, without their calls
         if self.max_steps is not None:
-            left = self.max_steps - self.steps
+            left = self.max_steps - (self._steps + pending - len(self._extra))
             entries = min(entries, 2 * max(left + 1, 1))
         if self._ceiling is not None:
-            entries = min(entries, 2 * max(self._ceiling - self.seq + 1, 1))
+            entries = min(entries, 2 * max(self._ceiling - (self._seq + pending) + 1, 1))
         self._set_capacity(entries)
 
     def _drop_beyond(self, seq: int) -> None:

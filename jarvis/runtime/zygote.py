@@ -8,13 +8,17 @@ that has imported the child's runtime once and forks one child per request. It i
 single-threaded, so a fork never copies a lock held by another thread; the host, which
 is multithreaded, never forks.
 
-The protocol is one datagram per message on a SOCK_SEQPACKET socket pair, JSON:
+The protocol is one datagram per message on a SOCK_SEQPACKET socket pair. The first
+message is JSON; the others are words separated by single spaces (UTF-8), since JSON's
+Python code, run between two forks, touches (and so copies) some fifty pages of the
+zygote's memory a message:
 
-    host → zygote  {"op": "fork", "id": N, "workdir": DIR}  + fds [channel, log]
-                   {"op": "signal", "id": N, "signal": S}
-    zygote → host  {"op": "forked", "id": N, "pid": P}
-                   {"op": "exited", "id": N, "code": C}      (negative C: killed by -C)
-                   {"op": "exited", "id": N, "error": TEXT}  (the fork itself failed)
+    host → zygote  {"op": "warm-up", "programs": [BASE64, ...]}   (first, once)
+                   fork N DIR            + fds [channel, log]  (DIR: the rest of the line)
+                   signal N S
+    zygote → host  forked N P
+                   exited N C            (negative C: killed by -C)
+                   failed N TEXT         (the fork itself failed; TEXT: the rest)
 
 The host creates each child's channel and log file and passes them with SCM_RIGHTS.
 The forked child closes everything of the zygote's, points stdout and stderr at its log,
@@ -26,6 +30,8 @@ dies with the host, and its children with it (PR_SET_PDEATHSIG at each step).
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # signal's C functions: no enums
+import binascii
 import contextlib
 import gc
 import importlib
@@ -34,14 +40,19 @@ import os
 import selectors
 import signal
 import socket
+import struct
 import sys
 import traceback
 from collections.abc import Sequence
-from typing import Any
+from typing import Final
 
 from jarvis.runtime import child, confine
+from jarvis.runtime.interrupt import use_alarm_clock
 
 MAX_MESSAGE = 1 << 16
+_FD: Final = struct.Struct("i")
+_FDS_SPACE: Final = socket.CMSG_SPACE(4 * _FD.size)
+"""Room for the descriptors of one request (two; four, to see a host that sends more)."""
 
 
 class Zygote:
@@ -73,19 +84,24 @@ class Zygote:
 
     def _receive(self) -> bool:
         try:
-            data, fds, _flags, _address = socket.recv_fds(self.control, MAX_MESSAGE, 4)
+            # recvmsg itself rather than socket.recv_fds, which imports and builds more
+            # (pages copied from the children's, between two forks).
+            data, ancillary, _flags, _address = self.control.recvmsg(MAX_MESSAGE, _FDS_SPACE)
         except ConnectionResetError:
             return False
         if not data:
             return False
-        request: dict[str, Any] = json.loads(data)
-        if request.get("op") == "fork" and len(fds) == 2:
-            self._fork(int(request["id"]), str(request["workdir"]), fds[0], fds[1])
+        fds = [fd for level, kind, payload in ancillary
+               if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
+               for (fd,) in _FD.iter_unpack(payload[: len(payload) - len(payload) % _FD.size])]
+        op, request_id, argument = data.decode("utf-8").split(" ", 2)
+        if op == "fork" and len(fds) == 2:
+            self._fork(int(request_id), argument, fds[0], fds[1])
         else:
             for fd in fds:
                 os.close(fd)
-            if request.get("op") == "signal":
-                self._signal(int(request["id"]), int(request["signal"]))
+            if op == "signal":
+                self._signal(int(request_id), int(argument))
         return True
 
     def _fork(self, request_id: int, workdir: str, channel_fd: int, log_fd: int) -> None:
@@ -99,23 +115,25 @@ class Zygote:
         except OSError as exc:
             os.close(channel_fd)
             os.close(log_fd)
-            self._send({"op": "exited", "id": request_id, "error": f"fork failed: {exc}"})
+            self._send(f"failed {request_id} fork failed: {exc}")
             return
         if pid == 0:
             self._become_child(workdir, channel_fd, log_fd)  # never returns
         os.close(channel_fd)
         os.close(log_fd)
         self.pids[pid] = request_id
-        self._send({"op": "forked", "id": request_id, "pid": pid})
+        self._send(f"forked {request_id} {pid}")
 
     def _become_child(self, workdir: str, channel_fd: int, log_fd: int) -> None:
         code = 1
         try:
-            signal.set_wakeup_fd(-1)
-            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            _signal.set_wakeup_fd(-1)
+            _signal.signal(signal.SIGCHLD, _signal.SIG_DFL)  # no enum made (see child.py)
             child.become_child(self.pid)  # and a stop that waited, blocked, arrives
-            self.selector.close()
-            os.close(self.control.detach())
+            # The control socket, the selector's epoll and the wake-up pipe are closed by
+            # the closerange below (the control socket's fd may be 3, which the channel
+            # takes over; detached, its object never closes that number again).
+            self.control.detach()
             os.dup2(log_fd, 1)
             os.dup2(log_fd, 2)
             if channel_fd != 3:
@@ -156,11 +174,10 @@ class Zygote:
                 return
             request_id = self.pids.pop(pid, None)
             if request_id is not None:
-                self._send({"op": "exited", "id": request_id,
-                            "code": os.waitstatus_to_exitcode(status)})
+                self._send(f"exited {request_id} {os.waitstatus_to_exitcode(status)}")
 
-    def _send(self, message: dict[str, Any]) -> None:
-        self.control.send(json.dumps(message).encode("utf-8"))
+    def _send(self, message: str) -> None:
+        self.control.send(message.encode("utf-8"))
 
 
 WARM_UP_PROGRAM = """\
@@ -177,9 +194,15 @@ output("ok", {"n": inputs["n"] + total, "parts": parts})
 WARM_UP_ROUNDS = 24
 
 
-def warm_up(rounds: int = WARM_UP_ROUNDS) -> None:
+def warm_up(rounds: int = WARM_UP_ROUNDS, programs: Sequence[bytes] | None = None) -> None:
     """Run what every child runs (the channel, the program's decoding, a Machine from
     construction to outcome, at trace off and full) a few times here, in the zygote.
+
+    `programs` are `WARM_UP_PROGRAM` compiled at trace off and full and encoded (see
+    program_bytes.py), as the host sends them (`warm_up_programs`): the zygote then
+    never imports the compiler, whose modules would otherwise stay in its memory and
+    so in every child's (its pages make each fork and exit slower). Without them, the
+    program is compiled here.
 
     CPython does much of its work on a code path the first few times it runs it: it
     rewrites the bytecode of each function on its first calls (specializing it), fills
@@ -189,18 +212,16 @@ def warm_up(rounds: int = WARM_UP_ROUNDS) -> None:
     `WARM_UP_PROGRAM`, its effects stay in memory, and what it created is collected
     before the zygote freezes its heap and forks. A failure is only logged.
     """
-    from jarvis.compiler import Compilation
     from jarvis.runtime.books import BookRegistry
     from jarvis.runtime.channel import Channel
     from jarvis.runtime.effects_log import MemoryEffects
     from jarvis.runtime.machine import Machine, MachineLimits, SnapshotPolicy
-    from jarvis.runtime.program_bytes import decode_program, encode_program
+    from jarvis.runtime.program_bytes import decode_program
     from jarvis.runtime.sinks import NullSink
     from jarvis.runtime.trace import Tracer
 
     try:
-        compilation = Compilation.of(WARM_UP_PROGRAM, "<warm-up>")
-        blobs = [encode_program(compilation.program(level)) for level in ("off", "full")]
+        blobs = list(programs) if programs is not None else warm_up_programs()
         ends = socket.socketpair()
         host, child_end = Channel(ends[0]), Channel(ends[1])
         try:
@@ -227,15 +248,41 @@ def warm_up(rounds: int = WARM_UP_ROUNDS) -> None:
     gc.collect()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)  # FD HOST_PID
-    child.die_with_parent(int(args[1]))
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # Blocked here and so in every child until it has set its stop handler; the host
-    # ends the zygote by closing its socket (or SIGKILL), never by SIGTERM.
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-    # What a child needs, imported once here rather than in every child: the runtime,
-    # what it imports lazily, and what confinement loads (about 50 ms a child otherwise).
+def warm_up_programs() -> list[bytes]:
+    """`WARM_UP_PROGRAM` compiled at trace off and full, encoded: what the host sends
+    its zygote to warm up on (`warm_up`)."""
+    from jarvis.compiler import Compilation
+    from jarvis.runtime.program_bytes import encode_program
+
+    compilation = Compilation.of(WARM_UP_PROGRAM, "<warm-up>")
+    return [encode_program(compilation.program(level)) for level in ("off", "full")]
+
+
+def warm_up_message(programs: Sequence[bytes]) -> bytes:
+    """The host's first message to its zygote: the programs to warm up on."""
+    return json.dumps({"op": "warm-up", "programs": [
+        binascii.b2a_base64(program, newline=False).decode("ascii") for program in programs
+    ]}).encode("utf-8")
+
+
+def receive_warm_up(control: socket.socket) -> list[bytes] | None:
+    """The programs of the host's first message (None: the host went away first)."""
+    try:
+        data = control.recv(MAX_MESSAGE)
+    except ConnectionResetError:
+        return None
+    if not data:
+        return None
+    message = json.loads(data)
+    if message.get("op") != "warm-up":
+        raise ValueError(f"the host's first message is not the warm-up: {message.get('op')!r}")
+    return [binascii.a2b_base64(program) for program in message["programs"]]
+
+
+def prepare() -> None:
+    """Import, load and build once, here, what every child needs: the runtime, what it
+    imports lazily and what confinement loads (about 50 ms a child otherwise), the
+    seccomp filter as BPF (each child writes its pid into it and loads it)."""
     import jarvis.runtime.machine
     import jarvis.runtime.program_bytes
     import jarvis.runtime.trace  # noqa: F401
@@ -243,10 +290,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     confine.preload()
     with contextlib.suppress(ImportError):
         importlib.import_module("pyseccomp")
-    confine.prepare_filter()  # as BPF: each child writes its pid into it and loads it
-    warm_up()
+    confine.prepare_filter()
 
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)  # FD HOST_PID
+    child.die_with_parent(int(args[1]))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Blocked here and so in every child until it has set its stop handler; the host
+    # ends the zygote by closing its socket (or SIGKILL), never by SIGTERM.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    # The children's clock for their time limits, made once here (the zygote itself
+    # arms no timer: it never runs a Deadline).
+    use_alarm_clock()
+    prepare()
     control = socket.socket(fileno=int(args[0]))
+    programs = receive_warm_up(control)
+    if programs is None:
+        return 0  # the host went away
+    warm_up(programs=programs)
     try:
         return Zygote(control).serve()
     except BrokenPipeError:

@@ -1,0 +1,9 @@
+"""Types of the C extension `jarvis.runtime._process` (source: _process.c beside this file)."""
+
+from collections.abc import Callable
+
+def set_death_signal(signum: int, /) -> None: ...
+def load_filter(program: bytes | bytearray | memoryview, no_new_privs: bool, /) -> None: ...
+def signal_handler(
+    decide: Callable[[], tuple[int, type[BaseException]] | None], /
+) -> Callable[[int, object], None]: ...
