@@ -32,12 +32,12 @@ class Config:
         return self.repeats * 3
 
     def repeats_for(self, seconds: float) -> int:
-        """Runs of a comparison whose plain cell takes `seconds`: a short workload (fib,
-        about 10 ms) gets up to 5x the runs, enough for about half a second of it, so
-        that its medians hold still on a noisy machine (its rounds stay cheap)."""
+        """Runs of a comparison whose plain cell takes `seconds`: enough for about 1.5 s
+        of the plain cell, between `repeats` and 5x that, so that a shorter workload's
+        medians hold still on a noisy machine (fib, about 10 ms a run, gets 5x)."""
         if seconds <= 0:
             return self.repeats * 5
-        return max(self.repeats, min(self.repeats * 5, int(0.5 / seconds)))
+        return max(self.repeats, min(self.repeats * 5, int(1.5 / seconds)))
 
     def size(self, full: int) -> int:
         """A count of things (calls, records) at this run's scale."""
