@@ -83,6 +83,22 @@ def test_a_forked_child_has_a_scrubbed_environment_a_private_directory_and_no_le
         child.close()
 
 
+def record_runs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Any]]:
+    """From now on, every Machine run's trace level and outcome, in order."""
+    from jarvis.runtime.machine import Machine
+
+    outcomes: list[tuple[str, Any]] = []
+    run = Machine.run
+
+    def recording(machine: Machine) -> Any:
+        outcome = run(machine)
+        outcomes.append((machine.program.trace_level, outcome))
+        return outcome
+
+    monkeypatch.setattr(Machine, "run", recording)
+    return outcomes
+
+
 def _parent_of(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
@@ -176,17 +192,8 @@ def test_the_zygote_warms_up_on_a_program_of_its_own_and_stays_single_threaded(
     import threading
 
     from jarvis.runtime import zygote
-    from jarvis.runtime.machine import Machine
 
-    outcomes: list[Any] = []
-    run = Machine.run
-
-    def recording(machine: Machine) -> Any:
-        outcome = run(machine)
-        outcomes.append((machine.program.trace_level, outcome))
-        return outcome
-
-    monkeypatch.setattr(Machine, "run", recording)
+    outcomes = record_runs(monkeypatch)
     threads = threading.active_count()
     zygote.warm_up(rounds=4)
     assert threading.active_count() == threads
@@ -204,7 +211,6 @@ def test_the_zygote_warms_up_on_the_programs_the_host_compiled(
     import socket
 
     from jarvis.runtime import zygote
-    from jarvis.runtime.machine import Machine
 
     programs = zygote.warm_up_programs()
     host, other = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -214,15 +220,7 @@ def test_the_zygote_warms_up_on_the_programs_the_host_compiled(
         host.close()
         assert zygote.receive_warm_up(other) is None  # the host went away first
 
-    outcomes: list[Any] = []
-    run = Machine.run
-
-    def recording(machine: Machine) -> Any:
-        outcome = run(machine)
-        outcomes.append((machine.program.trace_level, outcome))
-        return outcome
-
-    monkeypatch.setattr(Machine, "run", recording)
+    outcomes = record_runs(monkeypatch)
     zygote.warm_up(rounds=2, programs=programs)
     assert [(level, o.status) for level, o in outcomes] == [("off", "completed"),
                                                             ("full", "completed")]
