@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from jarvis.compiler import Compilation
@@ -410,6 +410,7 @@ json_like = st.recursive(
 
 
 @given(json_like, st.integers(min_value=16, max_value=300))
+@example([([None, 0], 0)], 16)  # the last item of a tuple fills the room exactly
 @settings(max_examples=300, deadline=None)
 def test_rendering_is_bounded_deterministic_and_exact_when_small(value: Any, limit: int) -> None:
     renderer = Renderer(limit)

@@ -484,8 +484,8 @@ class Renderer:
         parts: list[str] = []
         used = 0  # the parts' length, with a separator after each
         for item in items:
-            left = space - used
-            if left < 2:
+            left = space - used  # the last item needs no separator after it
+            if left < 1:
                 break
             if pairs:
                 key, val = item
