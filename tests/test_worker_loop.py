@@ -547,3 +547,20 @@ def test_held_events_are_sent_before_the_worker_stops(worker: Worker) -> None:
     worker.loop.publish("e1", "started", hold=True)
     worker.loop.shutdown()
     assert worker.statuses() == [("e1", "started")]
+
+
+def test_a_held_event_of_a_run_whose_lease_may_have_lapsed_is_dropped(
+        worker: Worker, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker paused past its lease (SIGSTOP) must not emit, once it goes on, the
+    `started` it held back: the execution may be another worker's by then."""
+    from jarvis.worker.leases import Lease
+
+    clock = [1000.0]
+    monkeypatch.setattr("jarvis.worker.loop.time.monotonic", lambda: clock[0])
+    lapsing = Lease("e1", "w1", 3, deadline=clock[0] + worker.loop.hold_first_event / 2)
+    kept = Lease("e2", "w1", 1, deadline=clock[0] + 30)
+    worker.loop.publish("e1", "started", hold=True, lease=lapsing, attempt=3)
+    worker.loop.publish("e2", "started", hold=True, lease=kept, attempt=1)
+    clock[0] += worker.loop.hold_first_event  # both are due; e1's lease may have lapsed
+    worker.steps(1)
+    assert worker.statuses() == [("e2", "started")]

@@ -40,7 +40,7 @@ from typing import Any
 from jarvis.settings import WorkerSettings
 from jarvis.worker import messages
 from jarvis.worker.endings import Endings
-from jarvis.worker.leases import Leases
+from jarvis.worker.leases import Lease, Leases
 from jarvis.worker.metrics import Gauges, MetricsPublisher, WorkerMetrics
 from jarvis.worker.offsets import OffsetTracker
 from jarvis.worker.retry import Backoff, is_transient
@@ -126,7 +126,7 @@ class WorkerLoop:
         self.counts_lock = threading.Lock()
         # Status events held back (see HOLD_FIRST_EVENT_SECONDS): execution id -> when
         # they are due, the event. The lock also orders an execution's events.
-        self.held_events: dict[str, tuple[float, bytes]] = {}
+        self.held_events: dict[str, tuple[float, bytes, Lease | None]] = {}
         self.held_events_lock = threading.Lock()
         self.hold_first_event = HOLD_FIRST_EVENT_SECONDS
         self.metrics = metrics or WorkerMetrics()
@@ -138,9 +138,11 @@ class WorkerLoop:
     # -- events ---------------------------------------------------------------------
 
     def publish(self, execution_id: str, status: Any, hold: bool = False,
-                **fields: Any) -> None:
+                lease: Lease | None = None, **fields: Any) -> None:
         """Send a status event. With `hold`, it waits up to `hold_first_event` seconds
-        for the execution's next event and goes with it (the run's first event)."""
+        for the execution's next event and goes with it (the run's first event); if
+        the run's `lease` may have lapsed by the time it is due (a worker paused past
+        its lease), it is dropped: the execution may be another worker's by then."""
         event = messages.status_event(execution_id, status, worker=self.worker_id, **fields)
         with self.held_events_lock:
             earlier = self.held_events.pop(execution_id, None)
@@ -149,7 +151,7 @@ class WorkerLoop:
                               execution_id.encode("utf-8"))
             if hold:
                 self.held_events[execution_id] = (
-                    time.monotonic() + self.hold_first_event, event)
+                    time.monotonic() + self.hold_first_event, event, lease)
             else:
                 self._produce(self.settings.kafka.status_topic, event,
                               execution_id.encode("utf-8"))
@@ -162,10 +164,14 @@ class WorkerLoop:
             return
         now = time.monotonic()
         with self.held_events_lock:
-            due = [execution_id for execution_id, (until, _) in self.held_events.items()
+            due = [execution_id for execution_id, (until, _, _) in self.held_events.items()
                    if every or until <= now]
             for execution_id in due:
-                _until, event = self.held_events.pop(execution_id)
+                _until, event, lease = self.held_events.pop(execution_id)
+                if lease is not None and now > lease.deadline:
+                    log.warning("execution %s: its lease may have lapsed; its held status "
+                                "event is dropped", execution_id)
+                    continue
                 self._produce(self.settings.kafka.status_topic, event,
                               execution_id.encode("utf-8"))
 

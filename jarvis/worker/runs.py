@@ -326,7 +326,7 @@ class Runner:
         resumed = directory.journal.exists()
         # Held for a moment: a short run's end goes to the broker with it (loop.py).
         self.publish(execution_id, "resumed" if resumed else "started", hold=True,
-                     attempt=lease.token)
+                     lease=lease, attempt=lease.token)
         # Where a resumed run's delivery stopped, the Execution reads (trace.seq).
         sink = KafkaLogSink(self.logs_producer, self.settings.kafka.logs_topic, execution_id,
                             guard=fence.guard, on_events=self.metrics.count_trace_events)
