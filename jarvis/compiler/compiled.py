@@ -41,7 +41,7 @@ class CompiledProgram:
         self.suspension_sites = suspension_sites
         self.trace_sites = trace_sites
         self.books = books
-        self.codes: tuple[CodeType, ...] = tuple(_all_codes(code))
+        self.codes: tuple[CodeType, ...] = tuple(all_codes(code))
         self._python = python
         self._render = None if python is not None else render
         self._lock = threading.Lock()
@@ -65,10 +65,13 @@ class CompiledProgram:
                 f"digest={self.digest[:12]!r})")
 
 
-def _all_codes(code: CodeType) -> list[CodeType]:
-    """Every code object of the module, in a stable depth-first order."""
-    out = [code]
+def all_codes(code: CodeType, out: list[CodeType] | None = None) -> list[CodeType]:
+    """Every code object of the module, in a stable depth-first order (appended to
+    `out`, if given)."""
+    if out is None:
+        out = []
+    out.append(code)
     for constant in code.co_consts:
-        if isinstance(constant, CodeType):
-            out.extend(_all_codes(constant))
+        if type(constant) is CodeType:
+            all_codes(constant, out)
     return out

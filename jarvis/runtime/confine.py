@@ -313,22 +313,22 @@ class PreparedLoad:
             self.fprog = _SockFprog(len(template.program) // _INSTRUCTION.size,
                                     ctypes.addressof(self.buffer))
 
-    def program_for(self, pid: int) -> bytes:
-        """Write `pid` into the slots; the program `load` then loads."""
+    def _write_pid(self, pid: int) -> None:
         target = self.program if self.buffer is None else self.buffer
         for offset in self.offsets:
             self._PID.pack_into(target, offset, pid)
+
+    def program_for(self, pid: int) -> bytes:
+        """Write `pid` into the slots; the program `load` then loads."""
+        self._write_pid(pid)
         return bytes(self.program) if self.buffer is None else bytes(self.buffer.raw)
 
     def load(self, pid: int) -> None:
+        self._write_pid(pid)
         process = native()
         if self.buffer is None and process is not None:
-            for offset in self.offsets:
-                self._PID.pack_into(self.program, offset, pid)
             process.load_filter(self.program, self.template.no_new_privs)
             return
-        for offset in self.offsets:
-            self._PID.pack_into(self.buffer, offset, pid)
         c = libc()
         if self.template.no_new_privs:
             _prctl(c, _PR_SET_NO_NEW_PRIVS, 1)

@@ -11,6 +11,7 @@ and when a stop is requested.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import pickle
@@ -259,10 +260,9 @@ class Machine:
             self.start_fresh()
         seconds = self.limits.max_seconds
         try:
-            if seconds is not None and seconds > 0:
-                with Deadline(seconds, TimeLimitExceeded):
-                    self.drive()
-            else:  # no time limit: what the Deadline would do is nothing
+            # Without a time limit a Deadline would do nothing: none is made.
+            with (Deadline(seconds, TimeLimitExceeded) if seconds is not None and seconds > 0
+                  else _NO_DEADLINE):
                 self.drive()
             self.tracer.flush()  # may find the trace past its limit (trace_events)
         except Stopped:
@@ -623,6 +623,8 @@ def limit_of(error: BaseException) -> LimitExceeded | None:
 
 
 
+
+_NO_DEADLINE: Final = contextlib.nullcontext()
 
 _JSON: Final = json.JSONEncoder(ensure_ascii=False)
 """`json.dumps(value, ensure_ascii=False)`, without making an encoder per call."""

@@ -204,8 +204,7 @@ class Namespace:
         function's (`_jv_step_3.<locals>.g`): Python's errors about their arguments
         quote them."""
         for fid, step in self.steps.items():
-            owner = "" if fid == 0 else f"{self.program.functions[fid].qualname}.<locals>."
-            step.__code__ = self._renamed(step.__code__, f"_jv_step_{fid}.<locals>.", owner)
+            step.__code__ = self._renamed(step.__code__, *_step_names(self.program, fid))
 
     def _renamed(self, code: types.CodeType, prefix: str, owner: str) -> types.CodeType:
         return rename_locals(code, prefix, owner, self._record_renamed)
@@ -257,6 +256,14 @@ LOCAL_NAMES_DONE: Final = "_jv_local_names_done"
 functions named already (`named_module_code`): its Namespaces rename nothing."""
 
 
+def _step_names(program: CompiledProgram, fid: int) -> tuple[str, str]:
+    """The qualified-name prefix of what step function `fid` defines
+    (`_jv_step_3.<locals>.`), and what it becomes: the prefix Python gives it in the
+    program (`f.<locals>.`, nothing at the module's top level)."""
+    owner = "" if fid == 0 else f"{program.functions[fid].qualname}.<locals>."
+    return f"_jv_step_{fid}.<locals>.", owner
+
+
 def rename_locals(code: types.CodeType, prefix: str, owner: str,
                   record: Callable[[types.CodeType, types.CodeType], None],
                   ) -> types.CodeType:
@@ -291,13 +298,12 @@ def named_module_code(program: CompiledProgram) -> types.CodeType | None:
     constants = list(program.code.co_consts)
     where = {constant.co_name: position for position, constant in enumerate(constants)
              if type(constant) is types.CodeType}
-    for fid, info in program.functions.items():
+    for fid in program.functions:
         position = where.get(f"_jv_step_{fid}")
         if position is None:
             return None
-        owner = "" if fid == 0 else f"{info.qualname}.<locals>."
-        constants[position] = rename_locals(constants[position], f"_jv_step_{fid}.<locals>.",
-                                            owner, _ignore_renamed)
+        constants[position] = rename_locals(constants[position], *_step_names(program, fid),
+                                            _ignore_renamed)
     return program.code.replace(co_consts=tuple(constants))
 
 

@@ -26,7 +26,7 @@ from collections import OrderedDict
 from types import CodeType
 from typing import Any
 
-from jarvis.compiler.compiled import CompiledProgram
+from jarvis.compiler.compiled import CompiledProgram, all_codes
 from jarvis.compiler.source import Source
 from jarvis.compiler.tables import FunctionInfo, Site, SuspensionSite
 from jarvis.runtime.namespace import LOCAL_NAMES_DONE, named_module_code
@@ -107,7 +107,7 @@ class DecodedProgram(CompiledProgram):
         self.suspension_sites = suspension_sites
         self.trace_sites = trace_sites
         self.books = books
-        self.codes = tuple(_all_codes(code, []))
+        self.codes = tuple(all_codes(code))
         self._python = ""  # not sent: see `encode_program`
         self._render = None
         self._lock = _NO_RENDER_LOCK
@@ -132,12 +132,3 @@ class DecodedProgram(CompiledProgram):
 _NO_RENDER_LOCK = threading.Lock()
 """The lock of `CompiledProgram.python` for decoded programs, which have their text
 (empty) and never render it: nothing to guard, one lock for all."""
-
-
-def _all_codes(code: CodeType, out: list[CodeType]) -> list[CodeType]:
-    """Every code object of the module, depth first: `CompiledProgram.codes`' order."""
-    out.append(code)
-    for constant in code.co_consts:
-        if type(constant) is CodeType:
-            _all_codes(constant, out)
-    return out

@@ -85,8 +85,7 @@ class Endings:
             args=[status, worker, time.time(), KEEP_SECONDS, int(clear_stop),
                   lease.value if lease is not None else ""])
         if lease is not None:
-            lease.deadline = 0.0
-            lease.released = True
+            lease.given_up()
 
     def cancel(self, execution_id: str) -> None:
         """Delete the execution's state, leaving only a record that it was cancelled."""

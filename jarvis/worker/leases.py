@@ -115,6 +115,11 @@ class Lease:
     def value(self) -> str:
         return f"{self.worker}:{self.token}"
 
+    def given_up(self) -> None:
+        """This worker let the lease go (its key deleted, if it still held it)."""
+        self.deadline = 0.0
+        self.released = True
+
 
 @dataclass
 class Beginning:
@@ -201,7 +206,7 @@ class Leases:
         """Give the lease up (`Endings.record` does it too, with an ending)."""
         lease.deadline = 0.0
         self._release(keys=[lease_key(lease.execution_id)], args=[lease.value])
-        lease.released = True
+        lease.given_up()
 
     def holder(self, execution_id: str) -> str | None:
         """Who holds the lease now (`worker:token`), or None."""
