@@ -276,3 +276,45 @@ def test_a_forked_child_starts_no_thread_for_its_time_limits(forks: ForkServer) 
         assert caught & (1 << (signal.SIGTERM - 1)), "SIGTERM is not caught"
     finally:
         child.close()
+
+
+def test_the_zygote_forks_alone_where_the_c_extension_is_built() -> None:
+    """With `_process` built, the zygote forks with fork_alone: the child skips the
+    at-fork functions modules registered (threading's among them), and still has a
+    sound interpreter: its one thread is the main thread, locks and events work, and
+    it exits with the code it chose. A process with a second thread is refused."""
+    script = (
+        "import json, os, threading\n"
+        "from jarvis.runtime import zygote\n"
+        "hooks = []\n"
+        "os.register_at_fork(after_in_child=lambda: hooks.append('child'))\n"
+        "fork = zygote._forker()\n"
+        "assert fork is not os.fork, fork\n"
+        "read, write = os.pipe()\n"
+        "pid = fork()\n"
+        "if pid == 0:\n"
+        "    event = threading.Event()\n"
+        "    event.set()\n"
+        "    with threading.Lock():\n"
+        "        main = threading.current_thread() is threading.main_thread()\n"
+        "    os.write(write, json.dumps([hooks, main, event.is_set(), os.getpid()]).encode())\n"
+        "    os._exit(7)\n"
+        "os.close(write)\n"
+        "child = json.loads(os.read(read, 4096))\n"
+        "_, status = os.waitpid(pid, 0)\n"
+        "threading.Thread(target=threading.Event().wait, args=(5,), daemon=True).start()\n"
+        "try:\n"
+        "    zygote._forker()\n"
+        "    refused = ''\n"
+        "except RuntimeError as exc:\n"
+        "    refused = str(exc)\n"
+        "print(json.dumps([child, pid, os.waitstatus_to_exitcode(status), refused]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, check=True)
+    import json
+
+    (hooks, main, is_set, child_pid), pid, code, refused = json.loads(done.stdout)
+    assert hooks == [], "an at-fork function ran in the child"
+    assert main and is_set and child_pid == pid and code == 7, done.stdout
+    assert refused == "a zygote has one thread, not 2"
