@@ -304,24 +304,32 @@ def test_the_filter_refuses_what_it_lists() -> None:
     assert done.stdout.strip() == str(errno.EPERM)
 
 
-def test_a_forked_child_loads_the_filter_its_zygote_prepared() -> None:
-    """The zygote builds the filter once, as BPF for a placeholder pid; each forked
-    child writes its own pid into a copy and loads it. The program a child loads is
+def test_a_forked_child_loads_the_filter_its_zygote_was_sent() -> None:
+    """The host builds the filter once, as BPF for a placeholder pid, and sends it to
+    the zygote, which loads neither libseccomp nor pyseccomp; each child it forks
+    writes its own pid into the template and loads it. The program a child loads is
     byte for byte what libseccomp builds for that child's pid; signals to itself pass,
     to its parent (another pid) are refused, and the zygote's template is unchanged."""
+    import socket
+
+    from jarvis.runtime import zygote
+
     script = textwrap.dedent("""
-        import os
-        from jarvis.runtime import confine
-        confine.prepare_filter()
+        import os, socket, sys
+        from jarvis.runtime import confine, zygote
+        first = zygote.receive_warm_up(socket.socket(fileno=int(sys.argv[1])))
+        zygote.prepare(first.template)
+        assert "pyseccomp" not in sys.modules and "ctypes" not in sys.modules
         template = confine._TEMPLATE[0]
         kept = template.program
-        assert template.slots and template.no_new_privs
+        assert template == first.template and template.slots and template.no_new_privs
         for _ in range(2):  # each child of the same parent gets its own pid
             pid = os.fork()
             if pid == 0:
                 mine = os.getpid()
-                built = confine._export(confine.build_filter(mine))
-                if template.for_pid(mine) != built or template.program != kept:
+                loaded = confine._PREPARED[0].program_for(mine)
+                built = confine._export(confine.build_filter(mine))  # imports pyseccomp
+                if loaded != built or template.program != kept:
                     os._exit(3)
                 if confine.install_filter() is not None:
                     os._exit(4)
@@ -340,9 +348,42 @@ def test_a_forked_child_loads_the_filter_its_zygote_prepared() -> None:
         with open("/proc/self/status") as status:  # the zygote itself is not confined
             assert "Seccomp:\t0" in status.read()
     """)
+    host, other = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with host, other:
+        host.send(zygote.warm_up_message([], confine.filter_template()))
+        done = subprocess.run([sys.executable, "-c", script, str(other.fileno())],
+                              pass_fds=(other.fileno(),), capture_output=True, text=True,
+                              timeout=60, check=True)
+    assert done.stdout.split() == ["7", "7"], done.stderr
+
+
+def test_a_zygote_sent_no_template_builds_it_itself() -> None:
+    """Where the host could not build the template, the zygote builds it (loading
+    libseccomp): its children still load the same filter for their pid."""
+    script = textwrap.dedent("""
+        import os, sys
+        from jarvis.runtime import confine, zygote
+        zygote.prepare(None)
+        assert "pyseccomp" in sys.modules and confine._TEMPLATE
+        pid = os.fork()
+        if pid == 0:
+            mine = os.getpid()
+            built = confine._export(confine.build_filter(mine))
+            if confine._PREPARED[0].program_for(mine) != built:
+                os._exit(3)
+            if confine.install_filter() is not None:
+                os._exit(4)
+            try:
+                os.open("/dev/null", os.O_RDONLY)
+            except PermissionError:
+                os._exit(7)
+            os._exit(1)
+        _, status = os.waitpid(pid, 0)
+        print(os.waitstatus_to_exitcode(status))
+    """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=60, check=True)
-    assert done.stdout.split() == ["7", "7"], done.stderr
+    assert done.stdout.split() == ["7"], done.stderr
 
 
 def test_a_template_is_refused_when_the_pid_is_not_all_that_varies(

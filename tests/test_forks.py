@@ -14,8 +14,11 @@ from jarvis.runtime.children import ChildDied
 STAND_IN = """
 import json, socket, sys
 control = socket.socket(fileno=int(sys.argv[1]))
-first = json.loads(control.recv(1 << 16))
+line, _, blobs = control.recv(1 << 16).partition(b"\\n")
+first = json.loads(line)
 assert first["op"] == "warm-up" and len(first["programs"]) == 2, first
+assert first["filter"]["no_new_privs"] and first["filter"]["slots"], first
+assert len(blobs) == sum(first["programs"]) + first["filter"]["length"], first
 n = 0
 while True:
     data, fds, _, _ = socket.recv_fds(control, 1 << 16, 4)

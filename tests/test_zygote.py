@@ -206,17 +206,27 @@ def test_the_zygote_warms_up_on_a_program_of_its_own_and_stays_single_threaded(
 def test_the_zygote_warms_up_on_the_programs_the_host_compiled(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The host compiles the warm-up program and sends it as the zygote's first
-    message; what arrives is what was sent, and the zygote runs it to completion."""
+    """The host compiles the warm-up program and builds the children's filter, and
+    sends both as the zygote's first message; what arrives is what was sent (with a
+    filter or without), and the zygote runs the programs to completion."""
     import socket
 
-    from jarvis.runtime import zygote
+    from jarvis.runtime import confine, zygote
 
     programs = zygote.warm_up_programs()
+    template = confine.filter_template()
+    assert template is not None
     host, other = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     with host, other:
+        host.send(zygote.warm_up_message(programs, template))
+        assert zygote.receive_warm_up(other) == (programs, template)
         host.send(zygote.warm_up_message(programs))
-        assert zygote.receive_warm_up(other) == programs
+        assert zygote.receive_warm_up(other) == (programs, None)
+        host.send(zygote.warm_up_message([], template))
+        assert zygote.receive_warm_up(other) == ([], template)
+        host.send(zygote.warm_up_message(programs, template)[:-1])  # a byte short
+        with pytest.raises(ValueError, match="counts"):
+            zygote.receive_warm_up(other)
         host.close()
         assert zygote.receive_warm_up(other) is None  # the host went away first
 
@@ -226,25 +236,62 @@ def test_the_zygote_warms_up_on_the_programs_the_host_compiled(
                                                             ("full", "completed")]
 
 
-def test_the_zygote_imports_no_compiler_pipeline() -> None:
-    """What the zygote loads (`prepare`, then the warm-up on the host's programs) stays
-    clear of the compiler's pipeline and RestrictedPython: their memory would be in
-    every fork, making each fork and exit slower."""
+def test_a_filter_template_is_whole_instructions_with_its_slots_among_them() -> None:
+    """What the zygote makes of the host's message is checked before a child loads it."""
+    from jarvis.runtime.confine import FilterTemplate
+
+    instruction = b"\x15\x00\x01\x00\xf1\xff\xff\x3f"
+    assert FilterTemplate(instruction * 2, (1,), True).for_pid(7)[8:12] == b"\x15\x00\x01\x00"
+    for program, slots in ((instruction[:-1], (0,)), (b"", (0,)), (instruction, (1,)),
+                           (instruction, ()), (instruction, (-1,))):
+        with pytest.raises(ValueError):
+            FilterTemplate(program, slots, True)
+
+
+NEVER_IMPORTED = {
+    # The compiler's pipeline: the host compiles the warm-up programs.
+    "RestrictedPython", "jarvis.compiler.phases", "jarvis.compiler.syntax",
+    "jarvis.compiler.validate", "jarvis.compiler.resolve", "jarvis.compiler.emit",
+    "jarvis.compiler.restrict", "jarvis.compiler.lower",
+    # libseccomp's binding and what it imports: the host builds the filter's template.
+    "pyseccomp", "ctypes", "ctypes.util", "subprocess", "shutil", "tempfile", "bz2",
+    "lzma", "zlib", "random",
+    # OpenSSL (an artifact's digest is CPython's own SHA-256) and what only a Book
+    # registry's loading needs.
+    "hashlib", "_hashlib", "tomllib", "difflib",
+}
+"""Modules the zygote must not import: their memory (objects, shared libraries) would
+be in every fork, making each fork and each exit slower."""
+
+NEVER_MAPPED = ("libseccomp.so", "libffi.so", "libcrypto.so", "libbz2.so", "liblzma.so",
+                "libz.so")
+"""Shared libraries the zygote must not load (those of `NEVER_IMPORTED`)."""
+
+
+def test_the_zygote_imports_no_compiler_pipeline_nor_libseccomp() -> None:
+    """What the zygote loads, as its `main` does (the host's first message, `prepare`
+    with the host's filter template, the warm-up on the host's programs), is what its
+    children need: none of `NEVER_IMPORTED`. (Without the C extension it would import
+    ctypes: the fallback's.)"""
     import socket
 
-    from jarvis.runtime import zygote
+    from jarvis.runtime import confine, zygote
 
+    assert confine.native() is not None, "the C extension _process is not built"
     host, other = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     script = (
         "import json, socket, sys\n"
-        "from jarvis.runtime import zygote\n"
-        "zygote.prepare()\n"
-        f"programs = zygote.receive_warm_up(socket.socket(fileno={other.fileno()}))\n"
-        "zygote.warm_up(programs=programs)\n"
+        "from jarvis.runtime import confine, zygote\n"
+        f"first = zygote.receive_warm_up(socket.socket(fileno={other.fileno()}))\n"
+        "assert first.template is not None and len(first.programs) == 2, first\n"
+        "zygote.prepare(first.template)\n"
+        "assert confine._PREPARED and confine._PREPARED[0].template == first.template\n"
+        "zygote.warm_up(programs=first.programs)\n"
         "print(json.dumps(sorted(sys.modules)))\n"
     )
     with host:
-        host.send(zygote.warm_up_message(zygote.warm_up_programs()))
+        host.send(zygote.warm_up_message(zygote.warm_up_programs(),
+                                         confine.filter_template()))
         done = subprocess.run([sys.executable, "-c", script], pass_fds=(other.fileno(),),
                               capture_output=True, text=True, timeout=120, check=True)
         other.close()
@@ -252,11 +299,25 @@ def test_the_zygote_imports_no_compiler_pipeline() -> None:
 
     modules = set(json.loads(done.stdout))
     assert "jarvis.runtime.machine" in modules and "jarvis.runtime.child" in modules
-    pipeline = {"RestrictedPython", "jarvis.compiler.phases", "jarvis.compiler.syntax",
-                "jarvis.compiler.validate", "jarvis.compiler.resolve",
-                "jarvis.compiler.emit", "jarvis.compiler.restrict",
-                "jarvis.compiler.lower"}
-    assert modules & pipeline == set(), done.stderr
+    assert "cloudpickle" in modules  # a snapshot needs it, and a child imports nothing
+    assert modules & NEVER_IMPORTED == set(), done.stderr
+
+
+def test_a_running_zygote_maps_none_of_the_libraries_it_need_not(tmp_path: Path) -> None:
+    """The zygote a pool starts, once it serves (a child it forked ran an execution),
+    has not loaded libseccomp, libffi, OpenSSL nor the compression libraries."""
+    pool = ChildPool(size=1)
+    try:
+        assert pool.forks is not None
+        outcome = run(tmp_path, "output('x', 1)\n", pool)
+        assert (outcome.status, outcome.outputs) == ("completed", {"x": 1})
+        zygote = pool.forks.pid
+        assert zygote is not None
+        maps = Path(f"/proc/{zygote}/maps").read_text()
+    finally:
+        pool.close()
+    assert "/python" in maps
+    assert [name for name in NEVER_MAPPED if name in maps] == []
 
 
 def test_a_forked_child_starts_no_thread_for_its_time_limits(forks: ForkServer) -> None:
@@ -318,3 +379,143 @@ def test_the_zygote_forks_alone_where_the_c_extension_is_built() -> None:
     assert hooks == [], "an at-fork function ran in the child"
     assert main and is_set and child_pid == pid and code == 7, done.stdout
     assert refused == "a zygote has one thread, not 2"
+
+
+def test_without_the_c_extension_forked_children_run_confined_and_timed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where `_process` is not built, the zygote falls back on ctypes (loaded once, in
+    the zygote) and its children on a watchdog thread: an execution still completes
+    confined, and a time limit still stops a loop."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import sys\nsys.modules['jarvis.runtime._process'] = None  # as if not built\n")
+    monkeypatch.setitem(CHILD_ENVIRONMENT, "PYTHONPATH", str(hook))
+    pool = ChildPool(size=1)
+    try:
+        assert pool.forks is not None
+        source = ("output('x', 1)\n"
+                  "while True:\n"
+                  "    pass\n")
+        program = Compilation.of(source, "prog.spy").program("off")
+        settings = load_settings(state_dir=tmp_path / "state", journal_fsync=False,
+                                 limits={"max_seconds": 1.0})
+        pid = pool.next_ready().pid  # the child the execution gets
+        seen: list[str] = []
+
+        def look() -> None:  # while the loop runs: is the child's filter on?
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and alive(pid) and "2" not in seen:
+                status = Path(f"/proc/{pid}/status").read_text()
+                seen[:] = [line.split()[1] for line in status.splitlines()
+                           if line.startswith("Seccomp:")]
+                time.sleep(0.02)
+
+        import threading
+
+        looker = threading.Thread(target=look)
+        looker.start()
+        outcome = Execution(program, execution_id="fallback", inputs={},
+                            books=BookRegistry(), settings=settings, sink=MemorySink(),
+                            isolation=pool).run()
+        looker.join()
+        zygote = pool.forks.pid
+        assert zygote is not None
+        maps = Path(f"/proc/{zygote}/maps").read_text()
+        outcome_again = run(tmp_path / "again", "output('y', 2)\n", pool, "again")
+    finally:
+        pool.close()
+    assert outcome.status == "failed" and outcome.outputs == {"x": 1}, outcome
+    assert getattr(outcome.error, "limit", None) == "seconds", outcome.error
+    assert seen == ["2"], seen
+    assert "libffi.so" in maps and "_process" not in maps  # ctypes, the fallback's
+    assert (outcome_again.status, outcome_again.outputs) == ("completed", {"y": 2})
+
+
+def test_the_c_loop_speaks_the_zygote_protocol(tmp_path: Path) -> None:
+    """`_process.serve_zygote`, the zygote's loop in C, against this test as the host:
+    it forks on request, returns in the child (and only there) with the request's id,
+    directory and descriptors, calls its before-fork function at most once an
+    interval, reports each fork and each exit, passes signals on, ignores what it
+    cannot parse, and returns None once the host has gone."""
+    import json
+    import socket
+
+    from jarvis.runtime import confine
+
+    assert confine.native() is not None, "the C extension _process is not built"
+    script = (
+        "import json, os, sys\n"
+        "from jarvis.runtime import _process\n"
+        "calls = []\n"
+        "forked = _process.serve_zygote(int(sys.argv[1]), lambda: calls.append(1), 60.0)\n"
+        "if forked is None:\n"
+        "    print('host gone', len(calls), flush=True)\n"
+        "    sys.exit(0)\n"
+        "request_id, workdir, channel, log = forked\n"
+        "os.write(channel, json.dumps([request_id, workdir, len(calls)]).encode())\n"
+        "if request_id == 2:\n"
+        "    os.read(channel, 1)  # until killed\n"
+        "os._exit(5)\n"
+    )
+    host, zygote_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    process = subprocess.Popen([sys.executable, "-c", script, str(zygote_end.fileno())],
+                               pass_fds=(zygote_end.fileno(),), stdout=subprocess.PIPE,
+                               text=True)
+    zygote_end.close()
+    host.settimeout(30)
+
+    def fork(request_id: int, workdir: str) -> tuple[socket.socket, int]:
+        ours, theirs = socket.socketpair()
+        with open(tmp_path / f"log{request_id}", "wb") as log:
+            socket.send_fds(host, [f"fork {request_id} {workdir}".encode()],
+                            [theirs.fileno(), log.fileno()])
+        theirs.close()
+        op, word, pid = host.recv(100).decode().split(" ")
+        assert (op, word) == ("forked", str(request_id))
+        return ours, int(pid)
+
+    try:
+        first, _ = fork(1, "/a dir/with spaces")
+        assert json.loads(first.recv(1000)) == [1, "/a dir/with spaces", 1]
+        assert host.recv(100).decode() == "exited 1 5"
+        host.send(b"nonsense")
+        host.send(b"signal 1 9")  # reaped already: no such child any more
+        second, pid = fork(2, str(tmp_path))
+        assert json.loads(second.recv(1000)) == [2, str(tmp_path), 1]  # no call: 60 s
+        host.send(b"signal 2 9")
+        assert host.recv(100).decode() == "exited 2 -9"
+        assert not alive(pid)  # killed, and reaped
+        first.close()
+        second.close()
+    finally:
+        host.close()
+    out, _ = process.communicate(timeout=30)
+    assert process.returncode == 0 and out == "host gone 1\n"
+
+
+def test_the_zygote_writes_few_of_its_pages_a_fork(tmp_path: Path) -> None:
+    """With the C loop, the zygote runs no Python between two forks: it writes (and so
+    copies, the fork having shared its memory with the child) a handful of its pages
+    a fork, not the hundred and more its Python loop did."""
+    pool = ChildPool(size=1)
+    try:
+        assert pool.forks is not None
+        run(tmp_path / "warm", "output('x', 0)\n", pool, "warm")
+        zygote = pool.forks.pid
+        assert zygote is not None
+
+        def faults() -> int:
+            return int(Path(f"/proc/{zygote}/stat").read_text().rsplit(")", 1)[1].split()[7])
+
+        before = faults()
+        for n in range(20):
+            outcome = run(tmp_path / str(n), f"output('x', {n})\n", pool, f"e{n}")
+            assert outcome.status == "completed"
+        per_fork = (faults() - before) / 20
+    finally:
+        pool.close()
+    # About 8 a fork, plus the Python of the task count every quarter second; the
+    # Python loop made 120-130.
+    assert per_fork < 60, per_fork

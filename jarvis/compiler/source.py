@@ -8,7 +8,6 @@ Python's `ast` reports into the character columns people and editors use.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from bisect import bisect_left
 from dataclasses import dataclass, field
@@ -78,6 +77,8 @@ class Source:
     @cached_property
     def digest(self) -> str:
         """The SHA-256 of the text: the program's identity for caches and snapshots."""
+        import hashlib  # the compiler's: a zygote (which has Sources) never loads OpenSSL
+
         return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
 
     def line_text(self, line: int) -> str:

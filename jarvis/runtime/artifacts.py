@@ -15,11 +15,22 @@ the journal, so an upload retried after a crash writes the same object again.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final, NamedTuple, Protocol
+
+try:
+    # CPython's own SHA-256 (a small extension module), rather than hashlib, which loads
+    # OpenSSL's libcrypto and more: a zygote imports this module, and what it loads is
+    # in every child it forks (where an artifact's digest must be at hand: a confined
+    # child can import nothing).
+    from _sha256 import sha256 as _sha256  # type: ignore[import-not-found]
+except ImportError:  # a Python built without it
+    from hashlib import sha256 as _sha256
+
+_SHA256: Callable[[bytes], Any] = _sha256
 
 MAX_NAME_CHARS: Final = 100
 """The longest artifact name."""
@@ -119,7 +130,7 @@ def content_bytes(content: object) -> bytes:
 
 
 def sha256_hex(content: bytes) -> str:
-    return hashlib.sha256(content).hexdigest()
+    return str(_SHA256(content).hexdigest())
 
 
 class ExecutionArtifacts:

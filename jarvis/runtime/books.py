@@ -21,13 +21,11 @@ results must be JSON values (None, bool, int, float, str, lists and string-keyed
 
 from __future__ import annotations
 
-import difflib
 import importlib.util
 import json
 import math
 import os
 import re
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -245,6 +243,8 @@ class BookRegistry:
         Relative `python` paths are relative to the file; `token_env` variables are
         read now, from `environ` (default: the process environment).
         """
+        import tomllib  # here: a zygote (and so every child) never loads a registry
+
         path = Path(path)
         try:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -330,6 +330,8 @@ def _http_book(name: str, entry: dict[str, Any], where: str, env: Mapping[str, s
 
 
 def _refuse_unknown_keys(entry: dict[str, Any], known: frozenset[str], where: str) -> None:
+    import difflib  # a registry's: see `load`
+
     for key in sorted(set(entry) - known):
         close = difflib.get_close_matches(key, sorted(known), n=1)
         hint = f"; did you mean `{close[0]}`?" if close else ""

@@ -20,10 +20,13 @@ message and before the program's code runs, whether it was spawned or forked:
   processes, tracing, io_uring, and changing resource limits. Threads stay allowed: the
   stop grace and the time limit run on timer threads.
 
-A zygote builds the filter once, as BPF for a placeholder pid (`FilterTemplate`); each
-child it forks writes its own pid into a copy and loads that program with `prctl`, as
-libseccomp would load the one it builds for that pid (the zygote checks they are the
-same). A spawned child builds its filter with libseccomp.
+The host builds the filter once, as BPF for a placeholder pid (`FilterTemplate`,
+checked against what libseccomp builds for another pid), and sends it to its zygote
+(zygote.py); each child the zygote forks writes its own pid into it and loads that
+program with `prctl`, as libseccomp would load the one it builds for that pid. So the
+zygote never loads libseccomp, pyseccomp or ctypes (with the C extension `_process`),
+whose libraries and modules would be in every fork. A spawned child builds its filter
+with libseccomp, which it loads as it confines itself (`install_filter`).
 
 Where seccomp is not available (no libseccomp, a kernel without it) the child goes on
 with the resource limits only; the host logs that once (`warn_if_unavailable`).
@@ -34,17 +37,14 @@ from __future__ import annotations
 
 import _signal  # type: ignore[import-not-found]  # signal's C functions: no enums
 import contextlib
-import ctypes
 import errno
 import functools
 import importlib
-import logging
 import os
 import resource
 import signal
 import struct
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -52,8 +52,6 @@ from types import ModuleType
 from typing import Any, Final
 
 from jarvis.runtime.errors import LimitExceeded
-
-log = logging.getLogger(__name__)
 
 OPEN_FILES: Final = 64
 """Descriptors a child may hold (it has four, and opens none after setup)."""
@@ -267,7 +265,7 @@ _SECCOMP_MODE_FILTER: Final = 2
 
 @dataclass(frozen=True)
 class FilterTemplate:
-    """The whole filter as BPF, built once by the zygote for a placeholder pid.
+    """The whole filter as BPF, built once (by the host) for a placeholder pid.
 
     A forked child writes its own pid into `slots` (the instructions that compare with
     the pid) and loads the program itself: the very program libseccomp would build for
@@ -278,6 +276,15 @@ class FilterTemplate:
     slots: tuple[int, ...]
     no_new_privs: bool
 
+    def __post_init__(self) -> None:
+        count, rest = divmod(len(self.program), _INSTRUCTION.size)
+        if rest or not 0 < count <= 0xFFFF:
+            raise ValueError("a filter is a non-empty sequence of whole BPF instructions "
+                             f"(at most 65535), not {len(self.program)} bytes")
+        if not self.slots or any(not 0 <= slot < count for slot in self.slots):
+            raise ValueError(f"the template's pid slots {self.slots} are not instructions "
+                             f"of its {count}")
+
     def for_pid(self, pid: int) -> bytes:
         program = bytearray(self.program)
         for slot in self.slots:
@@ -287,7 +294,7 @@ class FilterTemplate:
 
 
 _TEMPLATE: list[FilterTemplate] = []
-"""The template `prepare_filter` built (in the zygote); a forked child inherits it."""
+"""The template the zygote was given (`use_template`); a forked child inherits it."""
 
 
 class PreparedLoad:
@@ -308,10 +315,11 @@ class PreparedLoad:
         self.buffer: Any = None  # the ctypes copy, without the extension
         self.fprog: Any = None
         if native() is None:
+            import ctypes
+
             self.buffer = ctypes.create_string_buffer(template.program,
                                                       len(template.program))
-            self.fprog = _SockFprog(len(template.program) // _INSTRUCTION.size,
-                                    ctypes.addressof(self.buffer))
+            self.fprog = _sock_fprog(template.program, self.buffer)
 
     def _write_pid(self, pid: int) -> None:
         target = self.program if self.buffer is None else self.buffer
@@ -329,27 +337,33 @@ class PreparedLoad:
         if self.buffer is None and process is not None:
             process.load_filter(self.program, self.template.no_new_privs)
             return
-        c = libc()
-        if self.template.no_new_privs:
-            _prctl(c, _PR_SET_NO_NEW_PRIVS, 1)
-        _prctl(c, _PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.addressof(self.fprog))
+        _load_fprog(self.fprog, self.template.no_new_privs)
 
 
 _PREPARED: list[PreparedLoad] = []
-"""The zygote's template, ready to load (`prepare_filter`); a forked child inherits it."""
+"""The zygote's template, ready to load (`use_template`); a forked child inherits it."""
+
+
+def use_template(template: FilterTemplate) -> None:
+    """Have this process, and the children it forks, load `template` for their pid
+    rather than have libseccomp build the whole filter (about 70 rules) and its BPF for
+    each: the zygote calls it with the template its host built (`filter_template`)."""
+    if native() is None:
+        libc()  # the fallback's calls: loaded once here, for every child
+    _TEMPLATE[:] = [template]
+    _PREPARED[:] = [PreparedLoad(template)]
 
 
 def prepare_filter() -> None:
-    """Build the filter once, here, as a template: the zygote calls it, so that a child
-    it forks writes its pid into it and loads it, rather than having libseccomp build
-    the whole filter (about 70 rules) and its BPF for itself."""
-    libc()
-    native()
+    """Build the template here (`filter_template`) and use it (`use_template`): for a
+    zygote whose host sent none, and in tests. Where it cannot be built, libseccomp is
+    loaded at least (a forked child builds its own filter with it)."""
+    if native() is None:
+        libc()
     if not _TEMPLATE:
         template = filter_template()
         if template is not None:
-            _TEMPLATE.append(template)
-            _PREPARED[:] = [PreparedLoad(template)]
+            use_template(template)
 
 
 def filter_template() -> FilterTemplate | None:
@@ -394,6 +408,8 @@ def _load_flags(seccomp: Any, syscall_filter: Any) -> bool:
 
 
 def _export(syscall_filter: Any) -> bytes:
+    import tempfile  # the host's (or a spawned child's) only: a zygote never exports
+
     with tempfile.TemporaryFile() as out:
         syscall_filter.export_bpf(out)
         out.seek(0)
@@ -452,22 +468,48 @@ def install_filter() -> str | None:
     return None
 
 
-class _SockFprog(ctypes.Structure):
-    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+# ctypes is imported where it is used: only where the C extension `_process` is not
+# built (a zygote without it loads it once, before it forks: `use_template`).
+
+
+@functools.cache
+def _sock_fprog_type() -> Any:
+    import ctypes
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    return SockFprog
+
+
+def _sock_fprog(program: bytes, buffer: Any) -> Any:
+    """A `struct sock_fprog` for `program`, held in the ctypes `buffer`."""
+    import ctypes
+
+    return _sock_fprog_type()(len(program) // _INSTRUCTION.size, ctypes.addressof(buffer))
+
+
+def _load_fprog(fprog: Any, no_new_privs: bool) -> None:
+    import ctypes
+
+    c = libc()
+    if no_new_privs:
+        _prctl(c, _PR_SET_NO_NEW_PRIVS, 1)
+    _prctl(c, _PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.addressof(fprog))
 
 
 def load_program(program: bytes, no_new_privs: bool) -> None:
     """Load a BPF program as this thread's seccomp filter, as libseccomp loads one with
     no flags: `no_new_privs` first if asked, then `prctl(PR_SET_SECCOMP)`."""
-    c = libc()
-    if no_new_privs:
-        _prctl(c, _PR_SET_NO_NEW_PRIVS, 1)
+    import ctypes
+
     buffer = ctypes.create_string_buffer(program, len(program))
-    fprog = _SockFprog(len(program) // _INSTRUCTION.size, ctypes.addressof(buffer))
-    _prctl(c, _PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.addressof(fprog))
+    _load_fprog(_sock_fprog(program, buffer), no_new_privs)
 
 
 def _prctl(c: Any, option: int, value: int, pointer: int = 0) -> None:
+    import ctypes
+
     if c.prctl(ctypes.c_int(option), ctypes.c_ulong(value), ctypes.c_ulong(pointer),
                   ctypes.c_ulong(0), ctypes.c_ulong(0)) != 0:
         code = ctypes.get_errno()
@@ -502,7 +544,9 @@ def set_death_signal(signum: int) -> None:
 
 @functools.cache
 def libc() -> Any:
-    """The C library (loaded once: a zygote's children inherit it)."""
+    """The C library through ctypes (loaded once: a zygote's children inherit it)."""
+    import ctypes
+
     return ctypes.CDLL(None, use_errno=True)
 
 
@@ -526,8 +570,11 @@ def warn_if_unavailable() -> str | None:
     """Log, once per process, that children will run without the seccomp filter."""
     reason = seccomp_unavailable()
     if reason is not None:
-        log.warning("executions run without their seccomp filter (resource limits only): %s",
-                    reason)
+        import logging  # the host's: a zygote never warns
+
+        logging.getLogger(__name__).warning(
+            "executions run without their seccomp filter (resource limits only): %s",
+            reason)
     return reason
 
 
@@ -547,6 +594,3 @@ def limit_of_death(returncode: int, log_tail: str) -> LimitExceeded | None:
                              "space limit) and exited")
     return None
 
-
-# Loaded on import, so that a zygote loads it once for all the children it forks.
-_pyseccomp()

@@ -25,6 +25,7 @@ import threading
 import time
 from typing import IO
 
+from jarvis.runtime import confine
 from jarvis.runtime.children import (
     Child,
     ChildDied,
@@ -199,14 +200,22 @@ class ForkServer:
             time.sleep(min(0.1 * 2 ** failures, 5.0))
 
     def _warm_up_message(self) -> bytes:
-        """The zygote's first message: the programs it warms up on, compiled here (the
-        zygote imports no compiler), once; none if they cannot be compiled."""
+        """The zygote's first message, made once: the programs it warms up on, compiled
+        here (the zygote imports no compiler; none if they cannot be compiled), and the
+        children's seccomp filter as a template, built here (the zygote loads no
+        libseccomp; none where it cannot be built: the zygote then tries itself)."""
         if self.warm_up is None:
             try:
-                self.warm_up = warm_up_message(warm_up_programs())
+                programs = warm_up_programs()
             except Exception:  # an optimization: the zygote serves without it
                 log.exception("the zygote's warm-up program did not compile")
-                self.warm_up = warm_up_message([])
+                programs = []
+            try:
+                template = confine.filter_template()
+            except Exception:  # the zygote builds it, or its children build their own
+                log.exception("the children's seccomp filter template was not built")
+                template = None
+            self.warm_up = warm_up_message(programs, template)
         return self.warm_up
 
     def _run_one(self) -> int:

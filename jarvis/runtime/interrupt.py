@@ -20,15 +20,40 @@ fires once the message is through, as it did from the watchdog thread.
 from __future__ import annotations
 
 import _signal  # type: ignore[import-not-found]  # signal's C functions: no enums
-import ctypes
 import heapq
 import itertools
 import signal
 import threading
 import time
+from collections.abc import Callable
 from types import ModuleType
 
 _MAIN = threading.main_thread()
+
+
+def _async_exc_setter() -> Callable[[int, type[BaseException] | None], int]:
+    """`PyThreadState_SetAsyncExc` from the C extension `_process`, or through ctypes
+    where it is not built. Chosen on import, before a child confines itself (after
+    that, no module can be imported); a zygote with the extension never loads ctypes
+    (its library and objects would be in every fork)."""
+    try:
+        from jarvis.runtime import _process
+    except ImportError:
+        pass
+    else:
+        return _process.set_async_exc
+    import ctypes
+
+    set_async_exc = ctypes.pythonapi.PyThreadState_SetAsyncExc
+
+    def through_ctypes(thread_id: int, exception: type[BaseException] | None) -> int:
+        return int(set_async_exc(ctypes.c_ulong(thread_id),
+                                 None if exception is None else ctypes.py_object(exception)))
+
+    return through_ctypes
+
+
+_SET_ASYNC_EXC: Callable[[int, type[BaseException] | None], int] = _async_exc_setter()
 
 
 class Stopped(BaseException):
@@ -37,11 +62,9 @@ class Stopped(BaseException):
 
 def interrupt_thread(thread_id: int, exception: type[BaseException]) -> bool:
     """Raise `exception` in the thread `thread_id` at its next bytecode; True if sent."""
-    changed = ctypes.pythonapi.PyThreadState_SetAsyncExc(
-        ctypes.c_ulong(thread_id), ctypes.py_object(exception)
-    )
+    changed = _SET_ASYNC_EXC(thread_id, exception)
     if changed > 1:  # never expected: undo rather than disturb other threads
-        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), None)
+        _SET_ASYNC_EXC(thread_id, None)
         return False
     return bool(changed == 1)
 
@@ -54,7 +77,7 @@ def interrupt_main(exception: type[BaseException]) -> bool:
 
 def clear_pending(thread_id: int) -> None:
     """Withdraw an exception sent to `thread_id` that it has not raised yet."""
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), None)
+    _SET_ASYNC_EXC(thread_id, None)
 
 
 class Deadline:

@@ -9,16 +9,21 @@ single-threaded, so a fork never copies a lock held by another thread; the host,
 is multithreaded, never forks.
 
 The protocol is one datagram per message on a SOCK_SEQPACKET socket pair. The first
-message is JSON; the others are words separated by single spaces (UTF-8), since JSON's
-Python code, run between two forks, touches (and so copies) some fifty pages of the
-zygote's memory a message:
+message is a line of JSON and the bytes it counts; the others are words separated by
+single spaces (UTF-8), since JSON's Python code, run between two forks, touches (and so
+copies) some fifty pages of the zygote's memory a message:
 
-    host → zygote  {"op": "warm-up", "programs": [BASE64, ...]}   (first, once)
+    host → zygote  {"op": "warm-up", "programs": [LENGTH, ...],      (first, once)
+                    "filter": {"length": L, "slots": [...], "no_new_privs": B} | null}
+                   LF, then the programs' bytes and the filter's, one after the other
                    fork N DIR            + fds [channel, log]  (DIR: the rest of the line)
                    signal N S
     zygote → host  forked N P
                    exited N C            (negative C: killed by -C)
                    failed N TEXT         (the fork itself failed; TEXT: the rest)
+
+The loop that serves these requests is C where the extension `_process` is built
+(`_process.serve_zygote`), Python otherwise: the same steps either way.
 
 The host creates each child's channel and log file and passes them with SCM_RIGHTS.
 The forked child closes everything of the zygote's, points stdout and stderr at its log,
@@ -26,15 +31,19 @@ moves into its private directory and runs `child.serve` once, then exits. The zy
 reaps its children and reports how each ended; signals to a child go through the zygote,
 which alone knows whether the pid is still its child's (no pid reuse races). The zygote
 dies with the host, and its children with it (PR_SET_PDEATHSIG at each step).
+
+The first message carries what the zygote would otherwise have to import a lot to make:
+the programs it warms up on (compiled by the host: no compiler here, see `warm_up`) and
+the seccomp filter as a template (built by the host with libseccomp, see confine.py).
+What the zygote imports and maps is in every child, and makes each fork and each exit
+slower (tests/test_zygote.py lists what it must not load).
 """
 
 from __future__ import annotations
 
 import _signal  # type: ignore[import-not-found]  # signal's C functions: no enums
-import binascii
-import contextlib
+import functools
 import gc
-import importlib
 import json
 import os
 import selectors
@@ -45,7 +54,8 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable, Sequence
-from typing import Final
+from types import ModuleType
+from typing import Any, Final, NamedTuple, NoReturn
 
 from jarvis.runtime import child, confine
 from jarvis.runtime.interrupt import use_alarm_clock
@@ -63,18 +73,29 @@ class Zygote:
         self.control = control
         self.pid = os.getpid()
         self.pids: dict[int, int] = {}  # pid -> request id, for children not reaped yet
+        self.fork = _forker()
+
+    def serve(self) -> int:
+        """Serve the host until it goes away (0); in a forked child, never returns."""
+        gc.freeze()  # what is imported stays shared with the children (no copy on write)
+        process = confine.native()
+        if process is not None:
+            # The heap's free pages (freed by imports and the warm-up) go back to the
+            # system: about 0.8 MB less for every fork to map and every exit to unmap.
+            process.trim_memory()
+            return self._serve_in_c(process)
+        return self._serve_in_python()
+
+    def _serve_in_python(self) -> int:
+        """The request loop where the C extension is not built."""
         self.wake_read, self.wake_write = os.pipe()
         os.set_blocking(self.wake_read, False)
         os.set_blocking(self.wake_write, False)
         self.selector = selectors.DefaultSelector()
         self.selector.register(self.control, selectors.EVENT_READ)
         self.selector.register(self.wake_read, selectors.EVENT_READ)
-        self.fork = _forker()
-
-    def serve(self) -> int:
         signal.signal(signal.SIGCHLD, lambda signum, frame: None)
         signal.set_wakeup_fd(self.wake_write)
-        gc.freeze()  # what is imported stays shared with the children (no copy on write)
         while True:
             for key, _ in self.selector.select():
                 if key.fileobj is self.control:
@@ -83,6 +104,24 @@ class Zygote:
                 else:
                     self._drain_wakeups()
             self._reap()
+
+    def _serve_in_c(self, process: ModuleType) -> int:
+        """The request loop in C (`_process.serve_zygote`, the same protocol and the
+        same steps as `_serve_in_python`'s): no Python runs between two forks, so the
+        zygote writes (and so copies) a few of its pages a fork rather than a hundred
+        and more, and handles no signal in Python (SIGCHLD comes through a signalfd).
+        It returns here in a forked child only, or once the host went away. The task
+        count (see `_fork`) is taken every half `TASK_COUNT_SECONDS`, so that a child
+        always inherits a fresh one."""
+        sys.stdout.flush()
+        sys.stderr.flush()
+        forked = process.serve_zygote(self.control.fileno(),
+                                      functools.partial(confine.user_tasks, 0.0),
+                                      confine.TASK_COUNT_SECONDS / 2)
+        if forked is None:
+            return 0  # the host went away
+        _request_id, workdir, channel_fd, log_fd = forked
+        self._become_child(workdir, channel_fd, log_fd)
 
     def _receive(self) -> bool:
         try:
@@ -126,7 +165,7 @@ class Zygote:
         self.pids[pid] = request_id
         self._send(f"forked {request_id} {pid}")
 
-    def _become_child(self, workdir: str, channel_fd: int, log_fd: int) -> None:
+    def _become_child(self, workdir: str, channel_fd: int, log_fd: int) -> NoReturn:
         code = 1
         try:
             _signal.set_wakeup_fd(-1)
@@ -283,39 +322,73 @@ def warm_up_programs() -> list[bytes]:
     return [encode_program(compilation.program(level)) for level in ("off", "full")]
 
 
-def warm_up_message(programs: Sequence[bytes]) -> bytes:
-    """The host's first message to its zygote: the programs to warm up on."""
-    return json.dumps({"op": "warm-up", "programs": [
-        binascii.b2a_base64(program, newline=False).decode("ascii") for program in programs
-    ]}).encode("utf-8")
+class WarmUp(NamedTuple):
+    """The host's first message: what the zygote warms up on and the children's filter."""
+
+    programs: list[bytes]
+    template: confine.FilterTemplate | None
+    """None: the host could not build one (the zygote tries, see `prepare`)."""
 
 
-def receive_warm_up(control: socket.socket) -> list[bytes] | None:
-    """The programs of the host's first message (None: the host went away first)."""
+def warm_up_message(programs: Sequence[bytes],
+                    template: confine.FilterTemplate | None = None) -> bytes:
+    """The host's first message to its zygote (see the protocol above)."""
+    header: dict[str, Any] = {"op": "warm-up", "programs": [len(p) for p in programs],
+                              "filter": None}
+    blobs = list(programs)
+    if template is not None:
+        header["filter"] = {"length": len(template.program), "slots": list(template.slots),
+                            "no_new_privs": template.no_new_privs}
+        blobs.append(template.program)
+    return json.dumps(header).encode("utf-8") + b"\n" + b"".join(blobs)
+
+
+def receive_warm_up(control: socket.socket) -> WarmUp | None:
+    """The host's first message (None: the host went away first)."""
     try:
         data = control.recv(MAX_MESSAGE)
     except ConnectionResetError:
         return None
     if not data:
         return None
-    message = json.loads(data)
+    line, _, rest = data.partition(b"\n")
+    message = json.loads(line)
     if message.get("op") != "warm-up":
         raise ValueError(f"the host's first message is not the warm-up: {message.get('op')!r}")
-    return [binascii.a2b_base64(program) for program in message["programs"]]
+    lengths = [int(length) for length in message["programs"]]
+    described = message.get("filter")
+    if described is not None:
+        lengths.append(int(described["length"]))
+    if sum(lengths) != len(rest):
+        raise ValueError(f"the warm-up message counts {sum(lengths)} bytes, not {len(rest)}")
+    blobs, offset = [], 0
+    for length in lengths:
+        blobs.append(rest[offset: offset + length])
+        offset += length
+    template = None
+    if described is not None:
+        template = confine.FilterTemplate(blobs.pop(), tuple(described["slots"]),
+                                          bool(described["no_new_privs"]))
+    return WarmUp(blobs, template)
 
 
-def prepare() -> None:
+def prepare(template: confine.FilterTemplate | None = None) -> None:
     """Import, load and build once, here, what every child needs: the runtime, what it
     imports lazily and what confinement loads (about 50 ms a child otherwise), the
-    seccomp filter as BPF (each child writes its pid into it and loads it)."""
+    seccomp filter as BPF (each child writes its pid into it and loads it).
+
+    The filter is the host's `template`; without one, the zygote builds it itself, which
+    loads libseccomp, pyseccomp and what they import (ctypes, subprocess, shutil and the
+    compression modules among them), and where that fails its children build their own."""
     import jarvis.runtime.machine
     import jarvis.runtime.program_bytes
     import jarvis.runtime.trace  # noqa: F401
 
     confine.preload()
-    with contextlib.suppress(ImportError):
-        importlib.import_module("pyseccomp")
-    confine.prepare_filter()
+    if template is not None:
+        confine.use_template(template)
+    else:
+        confine.prepare_filter()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -328,12 +401,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The children's clock for their time limits, made once here (the zygote itself
     # arms no timer: it never runs a Deadline).
     use_alarm_clock()
-    prepare()
     control = socket.socket(fileno=int(args[0]))
-    programs = receive_warm_up(control)
-    if programs is None:
+    first = receive_warm_up(control)
+    if first is None:
         return 0  # the host went away
-    warm_up(programs=programs)
+    prepare(first.template)
+    warm_up(programs=first.programs)
     try:
         return Zygote(control).serve()
     except BrokenPipeError:
