@@ -45,7 +45,7 @@ from jarvis.runtime.children import Child
 from jarvis.runtime.effects_log import decode
 from jarvis.runtime.execution import Execution, error_type_name
 from jarvis.runtime.isolation import ChildPool
-from jarvis.runtime.journal import Journal, encode_record
+from jarvis.runtime.journal import Journal, encode_header, encode_record
 from jarvis.runtime.program_bytes import encode_program
 from jarvis.runtime.sinks import JsonlSink
 from jarvis.runtime.snapshots import SnapshotHeader, SnapshotStore
@@ -202,6 +202,8 @@ def _kill_halfway_through_journaling(effect: int, key: bytes) -> None:
         if journal.count + 1 == effect:
             record = encode_record(key, journal.execution_id, journal.count, payload)
             with journal.path.open("ab") as file:
+                if file.tell() == 0:  # a journal made by its first record: header first
+                    file.write(encode_header(journal.execution_id))
                 file.write(record[: len(record) // 2])
             os.kill(os.getpid(), signal.SIGKILL)
         return append(journal, payload)

@@ -411,3 +411,50 @@ def test_any_truncation_leaves_a_prefix_of_the_records(
     path.write_bytes(whole[:cut])
     complete = sum(1 for end in [*offsets[1:], len(whole)] if end <= cut)
     assert read(path) == payloads[:complete]
+
+
+def test_a_lazy_journal_writes_no_file_until_its_first_record(
+        path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    guarded: list[bool] = []
+
+    def guard() -> None:
+        guarded.append(path.exists())
+
+    calls = count_fsyncs(monkeypatch)
+    journal = Journal.open(path, [KEY_A], EXECUTION, fsync=True, guard=guard, lazy=True)
+    assert not path.exists() and guarded == [] and calls == []
+    assert journal.count == 0 and journal.end_offset == len(encode_header(EXECUTION))
+    assert journal.append(b"first") == 0
+    assert guarded == [False]  # checked before the file was made
+    assert len(calls) == 3  # the new file, its directory, the record
+    assert journal.append(b"second") == 1 and len(calls) == 4
+    journal.close()
+    assert path.read_bytes().startswith(encode_header(EXECUTION))
+    with Journal.open(path, [KEY_A], EXECUTION, fsync=False) as again:
+        assert list(again.records()) == [b"first", b"second"]
+
+
+def test_a_lazy_journal_without_records_leaves_nothing(path: Path) -> None:
+    journal = Journal.open(path, [KEY_A], EXECUTION, fsync=False, lazy=True)
+    assert list(journal.records()) == []
+    journal.close()
+    assert not path.exists()
+
+
+def test_a_lazy_journal_refuses_a_file_another_writer_made(path: Path) -> None:
+    journal = Journal.open(path, [KEY_A], EXECUTION, fsync=False, lazy=True)
+    write(path, [b"theirs"])
+    with pytest.raises(JournalError, match="another writer"):
+        journal.append(b"ours")
+    with pytest.raises(JournalError):
+        journal.append(b"ours again")  # unusable: reopen it
+    journal.close()
+    with Journal.open(path, [KEY_A], EXECUTION, fsync=False) as again:
+        assert list(again.records()) == [b"theirs"]
+
+
+def test_lazy_opens_an_existing_journal_as_ever(path: Path) -> None:
+    write(path, [b"kept"])
+    with Journal.open(path, [KEY_A], EXECUTION, fsync=False, lazy=True) as journal:
+        assert list(journal.records()) == [b"kept"]
+        assert journal.append(b"more") == 1

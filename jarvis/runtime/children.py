@@ -2,14 +2,21 @@
 
 A child runs one execution and exits. It is either forked by the zygote (forks.py,
 the fast way a worker uses) or spawned as a fresh interpreter (`ChildProcess`, for a
-single `jarvis run`). Either way the host made its channel (a socket pair), its log
-file (the child's stdout and stderr) and its private, empty working directory, and the
-child starts with `CHILD_ENVIRONMENT` only, stdin on /dev/null, and dies with its
-parent.
+single `jarvis run`). Either way the host made its channel (a socket pair) and its log
+(the child's stdout and stderr: an anonymous in-memory file, see `new_log`), and the
+child starts in an empty working directory with `CHILD_ENVIRONMENT` only, stdin on
+/dev/null, and dies with its parent.
+
+The working directory is the child's own (made and removed with it) unless the host
+hands it one to share: the zygote's children share their zygote's, an empty directory
+nobody writes to (a child opens and creates no files: its seccomp filter refuses them),
+since a directory made and removed per child cost the host a few file system
+operations per execution (`Child(workdir=...)`).
 """
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import signal
@@ -44,6 +51,19 @@ def remove_workdir(path: str) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def new_log() -> IO[bytes]:
+    """A child's log: an anonymous file in memory (`memfd_create`), read back by the host
+    when the child dies (its tail names the cause) and gone when both ends close it; a
+    temporary file where there is no memfd. The child's file size limit bounds it
+    (confine.py, `LOG_BYTES`). Made without the buffered layer `open` adds (and its
+    terminal check): the host only passes its descriptor and reads its tail."""
+    try:
+        fd = os.memfd_create("jarvis-child-log", os.MFD_CLOEXEC)
+    except (AttributeError, OSError):  # not Linux, or a kernel without memfd
+        return tempfile.TemporaryFile()
+    return io.FileIO(fd, "r+")
+
+
 def read_tail(log: IO[bytes], limit: int = 4000) -> str:
     """The last `limit` characters of a process's log file."""
     log.seek(0)
@@ -72,12 +92,17 @@ class ChildDied(Exception):
 
 
 class Child:
-    """What the host holds of a child: `channel`, `log`, `workdir`; how it ended."""
+    """What the host holds of a child: `channel`, `log`, `workdir`; how it ended.
 
-    def __init__(self) -> None:
+    `workdir`: an empty directory the child shares with others (its owner removes it),
+    or None for one of its own, made here and removed by `release_workdir`."""
+
+    def __init__(self, workdir: str | None = None) -> None:
         host_end, self.child_end = socket.socketpair()
-        self.workdir = tempfile.mkdtemp(prefix="jarvis-child-")
-        self.log: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
+        self.own_workdir = workdir is None
+        self.workdir = workdir if workdir is not None \
+            else tempfile.mkdtemp(prefix="jarvis-child-")
+        self.log: IO[bytes] = new_log()
         self.channel = Channel(host_end)
 
     @property
@@ -99,6 +124,11 @@ class Child:
     def log_tail(self, limit: int = 4000) -> str:
         return read_tail(self.log, limit)
 
+    def release_workdir(self) -> None:
+        """Remove the child's working directory once it has ended, if it is its own."""
+        if self.own_workdir:
+            remove_workdir(self.workdir)
+
     def cause_of_death(self) -> str:
         code = self.wait(timeout=30)
         if code < 0:
@@ -117,7 +147,7 @@ class Child:
         finally:
             self.channel.close()
             self.log.close()
-            remove_workdir(self.workdir)
+            self.release_workdir()
 
 
 class ChildProcess(Child):

@@ -110,6 +110,7 @@ class Execution:
         on_snapshot: Callable[[dict[str, int]], None] | None = None,
         artifacts: ArtifactStore | None = None,
         status: RecordedStatus | None = None,
+        directory: ExecutionDir | None = None,
     ) -> None:
         self.program = program
         self.recorded = status
@@ -127,7 +128,12 @@ class Execution:
         self.clock = clock
         self.wait = wait
         self.guard = guard
-        self.directory = ExecutionDir(settings.state_dir, execution_id)
+        # The caller's, when it has one for this execution (its paths are made once).
+        self.directory = directory if directory is not None \
+            else ExecutionDir(settings.state_dir, execution_id)
+        if self.directory.execution_id != execution_id:
+            raise ValueError(f"the directory of {self.directory.execution_id}, not of "
+                             f"{execution_id}")
         self.report = ResumeReport()
         self.machine: Machine | None = None
 
@@ -318,9 +324,11 @@ class Execution:
             if isinstance(offset, int):
                 start = (loaded.header.journal_index, offset)
         try:
+            # A first start's journal is made by its first record: a run that journals
+            # nothing (no Book call, no artifact) writes and fsyncs no file for it.
             return Journal.open(self.directory.journal, self.settings.hmac_key_bytes,
                                 self.execution_id, fsync=self.settings.journal_fsync,
-                                guard=self.guard, start=start)
+                                guard=self.guard, start=start, lazy=True)
         except JournalCorrupt:
             if start is None:
                 raise

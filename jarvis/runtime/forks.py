@@ -30,7 +30,6 @@ from jarvis.runtime.children import (
     Child,
     ChildDied,
     read_tail,
-    remove_workdir,
     spawn_python,
 )
 from jarvis.runtime.zygote import warm_up_message, warm_up_programs
@@ -44,7 +43,7 @@ class ForkedChild(Child):
     """A child the zygote forks (or failed to fork) for this host."""
 
     def __init__(self, server: ForkServer, request_id: int) -> None:
-        super().__init__()
+        super().__init__(workdir=server.workdir)  # the zygote's: empty, shared
         self.server = server
         self.request_id = request_id
         self._pid: int | None = None
@@ -85,7 +84,7 @@ class ForkedChild(Child):
             self.signal(signal.SIGKILL)
         self.channel.close()
         self.log.close()
-        remove_workdir(self.workdir)
+        self.release_workdir()
 
     def forked(self, pid: int) -> None:
         self._pid = pid

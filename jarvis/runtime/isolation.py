@@ -107,15 +107,42 @@ class ChildPool:
 
     def take(self) -> Child:
         """A ready child, or (while none is ready) one started for the caller, which must
-        close it (a spawned one before the calling thread ends)."""
+        close it (a spawned one before the calling thread ends).
+
+        A forked child's replacement is asked of the zygote here, by the caller (a
+        request sent, not waited for): waking the pool's thread for it would cost a
+        hand-over of the GIL and back per execution. The pool's thread starts it only
+        when that fails (no zygote for now), and spawns the replacements of spawned
+        children."""
         with self.lock:
             while self.ready:
                 child = self.ready.popleft()
-                self.lock.notify_all()
                 if child.poll() is None:
-                    return child
+                    break
                 child.close()  # died while it waited (its zygote died, say)
-        return self._start()
+            else:
+                child = None
+            if child is None or self.forks is None:
+                self.lock.notify_all()
+        if child is None:
+            return self._start()
+        if self.forks is not None:
+            self._replace()
+        return child
+
+    def _replace(self) -> None:
+        """Fork a replacement for a child taken (the caller's thread)."""
+        try:
+            replacement = self._start()
+        except ChildDied:  # no zygote for now: the pool's thread tries again
+            with self.lock:
+                self.lock.notify_all()
+            return
+        with self.lock:
+            if not self.closed:
+                self.ready.append(replacement)
+                return
+        replacement.close()
 
     def close(self) -> None:
         with self.lock:
@@ -191,15 +218,19 @@ def run_in_child(
 class _StopForwarder:
     """One thread for every child running in this process: every `POLL` seconds it
     sends SIGTERM to each child whose run asked to stop (rather than a thread a run).
-    It runs while there are children to watch."""
+    It runs while there are children to watch, and ends once it had none for
+    `IDLE_SECONDS` (a busy worker's runs spend most of their time outside their child:
+    a thread ended whenever none was in one was started again tens of times a second)."""
 
     POLL = 0.05
+    IDLE_SECONDS = 5.0
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.watched: dict[int, tuple[Child, Callable[[], bool]]] = {}
         self.next_key = 0
         self.thread: threading.Thread | None = None
+        self.last_watched = 0.0
 
     def watch(self, child: Child, stop_requested: Callable[[], bool]) -> int:
         with self.lock:
@@ -214,14 +245,17 @@ class _StopForwarder:
     def forget(self, key: int) -> None:
         with self.lock:
             self.watched.pop(key, None)
+            self.last_watched = time.monotonic()
 
     def _forward(self) -> None:
         while True:
             time.sleep(self.POLL)
             with self.lock:
                 if not self.watched:
-                    self.thread = None
-                    return
+                    if time.monotonic() - self.last_watched > self.IDLE_SECONDS:
+                        self.thread = None
+                        return
+                    continue
                 watched = list(self.watched.items())
             for key, (child, stop_requested) in watched:
                 if stop_requested():

@@ -163,7 +163,7 @@ class Journal:
         self,
         *,
         path: Path,
-        fd: int,
+        fd: int | None,
         keys: tuple[bytes, ...],
         execution_id: str,
         fsync: bool,
@@ -177,7 +177,9 @@ class Journal:
         self.execution_id = execution_id
         #: Bytes of a damaged end cut off when the journal was opened (0 when intact).
         self.dropped_tail_bytes = dropped_tail_bytes
+        # None: a journal opened `lazy` that has no record yet, and so no file.
         self._fd = fd
+        self._header = b""
         self._id = execution_id.encode("ascii")
         # One per key: keys[0] signs new records; any of them verifies a record.
         self._signers = _signers(keys, self._id)
@@ -203,8 +205,12 @@ class Journal:
         *,
         guard: Callable[[], None] | None = None,
         start: tuple[int, int] | None = None,
+        lazy: bool = False,
     ) -> Journal:
         """Open the journal at `path`, creating it when missing, and check its records.
+
+        With `lazy`, a missing journal is created by its first append instead (with its
+        guard, header and fsyncs as here): a run that journals nothing writes no file.
 
         `keys` verify records, and `keys[0]` signs new ones. Raises `JournalFormatError`
         for a file that is not a journal of `execution_id` in this format, and
@@ -220,7 +226,14 @@ class Journal:
         validate_execution_id(execution_id)
         header = encode_header(execution_id)
         base = start[0] if start is not None else 0
-        created = cls._create(path, header, fsync, guard) if not path.exists() else None
+        missing = not path.exists()
+        if missing and lazy and start is None:
+            journal = cls(path=path, fd=None, keys=checked_keys, execution_id=execution_id,
+                          fsync=fsync, guard=guard, offsets=array("Q"), end=len(header),
+                          dropped_tail_bytes=0, base=base)
+            journal._header = header
+            return journal
+        created = cls._create(path, header, fsync, guard) if missing else None
         if created is not None and start is None:  # just written: nothing to check
             return cls(path=path, fd=created, keys=checked_keys, execution_id=execution_id,
                        fsync=fsync, guard=guard, offsets=array("Q"), end=len(header),
@@ -370,7 +383,7 @@ class Journal:
             self._guard()
         index = self._base + len(self._offsets)
         record = self._signers[0].record(index, bytes(payload))
-        fd = self._fd
+        fd = self._fd if self._fd is not None else self._create_lazily()
         try:
             written = os.write(fd, record)
             if written != len(record):
@@ -393,11 +406,21 @@ class Journal:
         self._end = new_end
         return index
 
+    def _create_lazily(self) -> int:
+        """The file of a journal opened `lazy`, created now, at its first record."""
+        fd = self._create(self.path, self._header, self._fsync, None)  # guarded: append
+        if fd is None:
+            self._broken = "the journal was created by another writer meanwhile"
+            raise JournalError(f"{self.path}: {self._broken}")
+        self._fd = fd
+        return fd
+
     def _abandon_write(self, reason: str) -> None:
         self._broken = reason
         # Best effort: reopening cuts off a partial record anyway.
-        with contextlib.suppress(OSError):
-            os.ftruncate(self._fd, self._end)
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._end)
 
     def record(self, index: int) -> bytes:
         """The payload of record `index`, verified again as it is read."""
@@ -408,6 +431,7 @@ class Journal:
         local = index - self._base
         offset = self._offsets[local]
         end = self._offsets[local + 1] if local + 1 < len(self._offsets) else self._end
+        assert self._fd is not None  # a record was written, so the file was made
         data = os.pread(self._fd, end - offset, offset)
         # A file changed behind our back is caught here rather than fed to the program.
         record_end, problem = _framing_problem(data, 0)
@@ -441,7 +465,8 @@ class Journal:
         """Close the file; closing twice is harmless."""
         if not self._closed:
             self._closed = True
-            os.close(self._fd)
+            if self._fd is not None:
+                os.close(self._fd)
 
     def __enter__(self) -> Journal:
         return self

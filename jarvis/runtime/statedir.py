@@ -201,8 +201,20 @@ class ExecutionDir:
         return self.root.is_dir()
 
     def create(self) -> None:
-        """Create the directory and its snapshot directory; nothing happens when they exist."""
-        self.snapshots.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        """Create the directory and its snapshot directory; nothing happens when they exist.
+
+        Once this object made sure of them it does not look again (a worker's run
+        creates them, then hands the same object to its Execution, which makes sure)."""
+        if self.__dict__.get("_created"):
+            return
+        try:  # most often a first start: two `mkdir`s
+            os.mkdir(self.root)
+        except FileExistsError:
+            pass
+        except FileNotFoundError:  # no executions/ (or state dir) yet
+            self.root.mkdir(parents=True, exist_ok=True)
+        self.snapshots.mkdir(mode=DIR_MODE, exist_ok=True)
+        self.__dict__["_created"] = True
 
     def remove(self) -> bool:
         """Delete everything the execution stored here; False when there was nothing.

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from jarvis.runtime.statedir import ExecutionDir, StateError
+from jarvis.worker.connections import ThreadConnections
 from jarvis.worker.leases import Lease, lease_key
 from jarvis.worker.stops import stop_key
 
@@ -57,6 +58,7 @@ class Endings:
         self.redis = redis
         self.state_dir = Path(state_dir)
         self._record = redis.register_script(_RECORD)
+        self.connections = ThreadConnections(redis)
 
     def ended(self, execution_id: str) -> str | None:
         """The terminal status of the execution, or None while it may still run."""
@@ -80,7 +82,8 @@ class Endings:
         """Remember in Redis that the execution ended with `status` (and, with
         `clear_stop`, drop its stop request; with `lease`, release it): one script, one
         round trip."""
-        self._record(
+        self.connections.run(
+            self._record,
             keys=[status_key(execution_id), stop_key(execution_id), lease_key(execution_id)],
             args=[status, worker, time.time(), KEEP_SECONDS, int(clear_stop),
                   lease.value if lease is not None else ""])

@@ -6,7 +6,8 @@ renews the leases that are due (every third of the lease time). A run whose leas
 lost is told to stop, and its fence refuses its writes from then on. A run leaves the
 keeper before it releases its lease: a release is never followed by a renewal.
 
-The thread runs while there are runs to keep and ends when there are none.
+The thread runs while there are runs to keep and ends when there were none for
+`IDLE_SECONDS`.
 """
 
 from __future__ import annotations
@@ -30,6 +31,11 @@ class _Kept:
 class LeaseKeeper:
     """The leases and stop requests of this worker's runs, kept by one thread."""
 
+    IDLE_SECONDS = 5.0
+    """How long the thread stays with nothing to keep before it ends (a busy worker
+    often has no run holding a lease for a moment: a thread ended each time would be
+    started again many times a second)."""
+
     def __init__(self, redis: Any, leases: Leases, lease_seconds: float) -> None:
         self.redis = redis
         self.leases = leases
@@ -39,6 +45,7 @@ class LeaseKeeper:
         self.lock = threading.Lock()
         self.kept: dict[int, _Kept] = {}
         self.thread: threading.Thread | None = None
+        self.last_kept = 0.0
 
     def add(self, run: Any, lease: Lease) -> None:
         with self.lock:
@@ -52,14 +59,17 @@ class LeaseKeeper:
         """Stop keeping `lease` (no renewal of it starts or is in flight afterwards)."""
         with self.lock:
             self.kept.pop(id(lease), None)
+            self.last_kept = time.monotonic()
 
     def _keep(self) -> None:
         while True:
             time.sleep(self.poll)
             with self.lock:
                 if not self.kept:
-                    self.thread = None
-                    return
+                    if time.monotonic() - self.last_kept > self.IDLE_SECONDS:
+                        self.thread = None
+                        return
+                    continue
                 self.tick()
 
     def tick(self) -> None:

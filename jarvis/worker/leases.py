@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from jarvis.runtime.statedir import StateError, write_file_atomically
+from jarvis.worker.connections import ThreadConnections
 from jarvis.worker.retry import is_transient
 
 _TAKE = """
@@ -150,6 +151,7 @@ class Leases:
         self._begin = redis.register_script(_BEGIN)
         self._renew = redis.register_script(_RENEW)
         self._release = redis.register_script(_RELEASE)
+        self.connections = ThreadConnections(redis)
 
     def acquire(self, execution_id: str, floor: int = 0) -> Lease | None:
         """The lease, or None while another worker holds it.
@@ -171,7 +173,8 @@ class Leases:
         """`acquire`, unless the hash at `status_key` records an ending in `terminal`;
         and the stop request at `stop_key`. One round trip."""
         started = time.monotonic()
-        token, _held, ended, stop = self._begin(
+        token, _held, ended, stop = self.connections.run(
+            self._begin,
             keys=[lease_key(execution_id), fence_key(execution_id), status_key, stop_key],
             args=[self.worker, self.ttl_ms, floor, *sorted(terminal)],
         )
@@ -183,10 +186,9 @@ class Leases:
         """Extend the lease; False if it was lost (taken by another, or a newer token
         was handed out). A lease whose key vanished is taken back."""
         started = time.monotonic()
-        return self.renewed(lease, self._renew(keys=[lease_key(lease.execution_id),
-                                                     fence_key(lease.execution_id)],
-                                               args=[lease.value, self.ttl_ms, lease.token]),
-                            started)
+        return self.renewed(lease, self.connections.run(
+            self._renew, keys=[lease_key(lease.execution_id), fence_key(lease.execution_id)],
+            args=[lease.value, self.ttl_ms, lease.token]), started)
 
     def renew_in(self, pipe: Any, lease: Lease) -> None:
         """Add `renew`'s script to a pipeline; `renewed` takes its answer."""
@@ -205,7 +207,8 @@ class Leases:
     def release(self, lease: Lease) -> None:
         """Give the lease up (`Endings.record` does it too, with an ending)."""
         lease.deadline = 0.0
-        self._release(keys=[lease_key(lease.execution_id)], args=[lease.value])
+        self.connections.run(self._release, keys=[lease_key(lease.execution_id)],
+                             args=[lease.value])
         lease.given_up()
 
     def holder(self, execution_id: str) -> str | None:

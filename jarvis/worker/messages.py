@@ -504,12 +504,9 @@ def _parse(
     except UnicodeDecodeError as exc:
         return Rejection(f"not UTF-8: {exc.reason} at byte {exc.start}", code="not_utf8")
     try:
-        document = json.loads(
-            text,
-            object_pairs_hook=_refuse_duplicates,
-            parse_constant=_refuse_constant,
-            parse_int=_parse_int,
-        )
+        if text.startswith("\ufeff"):  # as json.loads refuses it
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        document = _COMMAND_DECODER.decode(text)
     except json.JSONDecodeError as exc:
         return Rejection(
             f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", code="not_json"
@@ -585,6 +582,14 @@ def _parse_int(digits: str) -> int:
     if len(digits) > MAX_INT_DIGITS:
         raise ValueError(f"an integer has more than {MAX_INT_DIGITS} digits")
     return int(digits)
+
+
+_COMMAND_DECODER = json.JSONDecoder(
+    object_pairs_hook=_refuse_duplicates,
+    parse_constant=_refuse_constant,
+    parse_int=_parse_int,
+)
+"""What `json.loads(text, object_pairs_hook=..., ...)` would make anew for every command."""
 
 
 def _json_problem(document: Any) -> str | None:

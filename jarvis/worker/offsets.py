@@ -33,7 +33,10 @@ class OffsetTracker:
         self._partitions: dict[tuple[str, int], _Partition] = {}
 
     def _partition(self, topic: str, partition: int) -> _Partition:
-        return self._partitions.setdefault((topic, partition), _Partition())
+        state = self._partitions.get((topic, partition))
+        if state is None:  # (not `setdefault`, which would make one every call)
+            state = self._partitions[(topic, partition)] = _Partition()
+        return state
 
     def begin(self, topic: str, partition: int, offset: int) -> None:
         """A message was received; it is in progress until `finish`."""

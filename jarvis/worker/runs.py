@@ -41,6 +41,7 @@ from jarvis.worker.leases import Beginning, Fence, FencedOff, Lease, Leases, rea
 from jarvis.worker.logs import KafkaLogSink
 from jarvis.worker.messages import effective_limits
 from jarvis.worker.metrics import WorkerMetrics
+from jarvis.worker.programs import CompiledPrograms
 from jarvis.worker.retry import Backoff, is_transient
 from jarvis.worker.stops import StopRequests, stop_key
 
@@ -176,6 +177,7 @@ class Runner:
         self.pool = pool
         self.publish = publish
         self.load_program = load_program
+        self.compiled = CompiledPrograms()
         self.finished = finished
         self.metrics = metrics or WorkerMetrics()
         self.leases = Leases(redis, worker_id, settings.redis.lease_seconds)
@@ -205,8 +207,11 @@ class Runner:
         after `IDLE_THREAD_SECONDS` without one."""
         while True:
             self._thread(run)
+            # Idle before the loop hears that the run ended: the loop's next start (often
+            # in answer to it) goes to this thread rather than to a new one.
             with self.threads_lock:
                 self.idle_threads += 1
+            self._ended(run)
             try:
                 run = self.pending.get(timeout=IDLE_THREAD_SECONDS)
             except queue.Empty:
@@ -231,9 +236,12 @@ class Runner:
             run.finish()
             self.metrics.run_ended(run.outcome_status or "failed",
                                    time.monotonic() - run.started)
-            self.finished(run)
-            if run.done is not None:
-                run.done.set()
+
+    def _ended(self, run: Run) -> None:
+        """Hand the run back to the loop (its offset), and let waiters know it ended."""
+        self.finished(run)
+        if run.done is not None:
+            run.done.set()
 
     def _attempts(self, run: Run) -> str:
         backoff = Backoff(first=0.2, ceiling=max(self.settings.redis.lease_seconds, 1.0))
@@ -312,18 +320,24 @@ class Runner:
         execution_id = run.execution_id
         command = run.command
         source, path = self.load_program(command)
-        compilation = Compilation.of(source, path)
-        if not compilation.ok:
-            first = compilation.diagnostics[0]
-            error = {"type": first.code, "message": first.message,
-                     "line": first.line, "col": first.col}
-            fence.guard()
-            directory.write_status({"status": "failed", "error": error})
-            self.publish(execution_id, "failed", attempt=lease.token, error=error)
-            self._remember(run, "failed", lease)
-            return "failed"
-        program = compilation.program(command.trace or self.settings.trace_level)
-        resumed = directory.journal.exists()
+        trace = command.trace or self.settings.trace_level
+        program = self.compiled.get(source, path, trace)
+        if program is None:
+            compilation = Compilation.of(source, path)
+            if not compilation.ok:
+                first = compilation.diagnostics[0]
+                error = {"type": first.code, "message": first.message,
+                         "line": first.line, "col": first.col}
+                fence.guard()
+                directory.write_status({"status": "failed", "error": error})
+                self.publish(execution_id, "failed", attempt=lease.token, error=error)
+                self._remember(run, "failed", lease)
+                return "failed"
+            program = compilation.program(trace)
+            self.compiled.put(source, path, trace, program)
+        # Started before: a status.json that does not say it ended (running, suspended),
+        # written before the execution's first journal record or snapshot.
+        resumed = recorded is not None and recorded.record is not None
         # Held for a moment: a short run's end goes to the broker with it (loop.py).
         self.publish(execution_id, "resumed" if resumed else "started", hold=True,
                      lease=lease, attempt=lease.token)
@@ -341,7 +355,7 @@ class Runner:
             settings=self.settings.model_copy(update={"limits": limits}), sink=sink,
             stop_requested=run.stop_event.is_set, guard=fence.guard,
             isolation=self.pool, on_snapshot=checkpointed, artifacts=self.artifacts,
-            status=recorded,
+            status=recorded, directory=directory,
         )
         outcome = execution.run()
         sink.flush()

@@ -159,7 +159,9 @@ class KeptRun:
         return True
 
 
-def test_the_keeper_renews_leases_and_brings_stop_requests(redis_server: RedisServer) -> None:
+def test_the_keeper_renews_leases_and_brings_stop_requests(
+        redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(LeaseKeeper, "IDLE_SECONDS", 0.2)
     client = redis_server.client()
     leases = Leases(client, "a", ttl_seconds=0.3)
     keeper = LeaseKeeper(client, leases, lease_seconds=0.3)  # renews every 0.1 s
@@ -186,7 +188,7 @@ def test_the_keeper_renews_leases_and_brings_stop_requests(redis_server: RedisSe
     time.sleep(0.5)  # nothing renews (so takes back) a lease that was let go
     assert leases.holder(quiet.execution_id) is None
     assert leases.holder(stopped.execution_id) is None
-    assert keeper.thread is None  # it ends when it has nothing to keep
+    assert keeper.thread is None  # it ends when it has had nothing to keep for a while
 
 
 def test_the_keeper_stops_a_run_whose_lease_was_taken(redis_server: RedisServer) -> None:
@@ -205,3 +207,40 @@ def test_the_keeper_stops_a_run_whose_lease_was_taken(redis_server: RedisServer)
     assert run.stop_event.wait(2.0)
     assert run.stops == [] and lease.deadline == 0.0
     assert b.holder(run.execution_id) == taken.value
+
+
+def test_each_run_thread_asks_redis_on_a_connection_of_its_own(
+        redis_server: RedisServer, execution_id: str) -> None:
+    """Leases and endings talk to Redis on their thread's own connection (no check-out
+    from the pool per command), and a thread's connection goes back when it ends."""
+    import gc
+
+    from jarvis.worker.endings import Endings
+
+    client = redis_server.client()
+    leases = Leases(client, "a", ttl_seconds=5)
+    endings = Endings(client, Path("/nonexistent-state-dir"))
+    pool = client.connection_pool
+    seen: dict[str, object] = {}
+
+    def run(name: str, suffix: str) -> None:
+        began = leases.begin(f"{execution_id}-{suffix}", 0, status_key(execution_id),
+                             stop_key(execution_id), TERMINAL)
+        assert began.lease is not None
+        endings.record(f"{execution_id}-{suffix}", "completed", "a", lease=began.lease)
+        assert began.lease.released
+        mine = leases.connections.client()
+        assert mine is leases.connections.client() and mine is not client
+        seen[name] = mine.connection
+
+    threads = [threading.Thread(target=run, args=(f"t{n}", str(n))) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert seen["t0"] is not None and seen["t0"] is not seen["t1"]
+    assert client.hget(status_key(f"{execution_id}-0"), "status") == b"completed"
+    assert client.get(lease_key(f"{execution_id}-1")) is None  # released with the ending
+    del threads
+    gc.collect()
+    assert seen["t0"] in pool._available_connections  # back in the pool
