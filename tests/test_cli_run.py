@@ -142,6 +142,7 @@ def test_sigterm_suspends_with_exit_3_and_the_same_id_resumes(in_tmp: Path) -> N
     assert child.returncode == 3, err
     assert "--execution-id slow" in err
     assert list((in_tmp / "state" / "executions" / "slow" / "snapshots").iterdir())
-    done = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    done = subprocess.run(command[:-1], capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"total": 6}
+    assert "jarvis: resuming" in done.stderr  # not "running": the run goes on

@@ -145,7 +145,10 @@ def main(argv: Sequence[str] | None = None, prog: str = "jarvis run") -> int:
                       file=sys.stderr)
             return EXIT_COMPLETED if finished["status"] == "completed" else EXIT_FAILED
         if not args.quiet:
-            verb = "resuming" if execution.directory.journal.exists() else "running"
+            # An earlier run left its status (and a journal once it had an effect).
+            directory = execution.directory
+            verb = ("resuming" if directory.status.exists() or directory.journal.exists()
+                    else "running")
             print(f"jarvis: {verb} {args.program} as execution {execution_id} "
                   f"(trace {settings.trace_level}, state in {settings.state_dir})",
                   file=sys.stderr)
