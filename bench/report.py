@@ -198,7 +198,7 @@ def _worker_targets(worker: dict[str, Any]) -> list[Target]:
         Target("Completed trivial executions per second, one worker", "≥ 200",
                f"{rate_done:.0f}/s", _status(rate_done >= 200), rate_done,
                f"{throughput['count']} starts at once, max concurrency "
-               f"{throughput['concurrency']}"),
+               f"{throughput['concurrency']}{_runs_note(throughput)}"),
         Target("Trace events into Kafka, end to end, one worker process", "≥ 1M events/s",
                rate(events), _status(events >= 1e6), events,
                f"{trace['events']:,} events of one trace=full execution, acknowledged by "
@@ -574,6 +574,15 @@ def _compile_section(compiled: dict[str, Any]) -> str:
     )
 
 
+def _runs_note(cell: dict[str, Any]) -> str:
+    """The rounds of a cell measured in several (the lowest and highest rate); nothing
+    for a report from before the cell had rounds."""
+    runs = cell.get("runs")
+    if not runs:
+        return ""
+    return (f", median of {len(runs)} rounds: {min(runs):.0f}{_DASH}{max(runs):.0f}/s")
+
+
 def _worker_section(worker: dict[str, Any]) -> str:
     latency, throughput = worker["latency"], worker["throughput"]
     trace, sink = worker["trace"], worker["sink"]
@@ -584,7 +593,7 @@ def _worker_section(worker: dict[str, Any]) -> str:
          f"p50 {millis(latency['p50_ms'])}, p99 {millis(latency['p99_ms'])} "
          f"({millis(latency['min_ms'])}{_DASH}{millis(latency['max_ms'])})"],
         [f"{throughput['count']} starts at once", f"{throughput['per_second']:.0f} "
-         f"completed/s ({throughput['seconds']:.2f} s)"],
+         f"completed/s ({throughput['seconds']:.2f} s){_runs_note(throughput)}"],
         [f"trace=full execution, {trace['events']:,} events", f"{rate(trace['per_second'])} "
          f"({trace['seconds']:.2f} s from its start command)"],
         [f"KafkaLogSink alone, {sink['events']:,} events in ready batches",

@@ -7,7 +7,8 @@ the worker:
 - latency: trivial programs started one after the other; the time from producing the
   start command on `spy_control` to reading its `completed` event on `spy_status`;
 - throughput: many trivial programs started at once; completed executions per second,
-  from the first start produced to the last `completed` read, the worker at its
+  from the first start produced to the last `completed` read (the median of several
+  such rounds), the worker at its
   maximum concurrency (16: a trivial run spends most of its time waiting on Kafka and
   Redis round trips; with 8 at once the two cores idled part of the time, and the
   cell measured about a tenth less), read by a batched status reader (`StatusReader`);
@@ -224,7 +225,7 @@ class Bench:
         try:
             self.status.wait(ids, timeout=90)
             if burst:
-                self.throughput(burst)
+                self.throughput_once(burst)
         except RuntimeError as exc:
             raise RuntimeError(f"{exc}; worker log: {self.worker_log()[-3000:]}") from exc
 
@@ -248,8 +249,16 @@ class Bench:
                 "min_ms": round(ordered[0] * 1e3, 3), "max_ms": round(ordered[-1] * 1e3, 3)}
 
     def throughput(self, count: int) -> dict[str, Any]:
-        """Completed executions per second, read by a batched reader (the eager one
-        pauses meanwhile, and reads the events afterwards)."""
+        """The median of `config.repeats` rounds of `throughput_once` (as the trace
+        cell: one round's rate moves by a quarter from minute to minute on a shared
+        two-core machine); `runs` has every round's rate."""
+        runs = [self.throughput_once(count) for _ in range(self.config.repeats)]
+        median = sorted(runs, key=lambda run: run["per_second"])[len(runs) // 2]
+        return {**median, "runs": [run["per_second"] for run in runs]}
+
+    def throughput_once(self, count: int) -> dict[str, Any]:
+        """Completed executions per second for `count` starts at once, read by a batched
+        reader (the eager one pauses meanwhile, and reads the events afterwards)."""
         ids = [f"thr-{uuid.uuid4().hex[:10]}" for _ in range(count)]
         reader = StatusReader(self.kafka.bootstrap_servers, self.topics["status"],
                               batched=True)
