@@ -357,33 +357,46 @@ def test_a_forked_child_loads_the_filter_its_zygote_was_sent() -> None:
     assert done.stdout.split() == ["7", "7"], done.stderr
 
 
+def confined_child_exit(prelude: str, checks: str) -> int:
+    """Run `prelude` in a fresh interpreter, fork, and in the child run `checks` (an
+    `os._exit(3)` there is a failed check), load the filter and try to open a file:
+    the child's exit code, 7 when open() was refused (4: the filter did not load)."""
+    child = checks + textwrap.dedent("""
+        if confine.install_filter() is not None:
+            os._exit(4)
+        try:
+            os.open("/dev/null", os.O_RDONLY)
+        except PermissionError:
+            os._exit(7)
+        os._exit(1)
+    """)
+    script = (prelude + "pid = os.fork()\nif pid == 0:\n"
+              + textwrap.indent(child, "    ")
+              + "_, status = os.waitpid(pid, 0)\nprint(os.waitstatus_to_exitcode(status))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60, check=True)
+    code = done.stdout.strip()
+    if not code.lstrip("-").isdigit():
+        pytest.fail(f"the script printed no exit code: {done.stdout!r} {done.stderr}")
+    return int(code)
+
+
 def test_a_zygote_sent_no_template_builds_it_itself() -> None:
     """Where the host could not build the template, the zygote builds it (loading
     libseccomp): its children still load the same filter for their pid."""
-    script = textwrap.dedent("""
+    prelude = textwrap.dedent("""
         import os, sys
         from jarvis.runtime import confine, zygote
         zygote.prepare(None)
         assert "pyseccomp" in sys.modules and confine._TEMPLATE
-        pid = os.fork()
-        if pid == 0:
-            mine = os.getpid()
-            built = confine._export(confine.build_filter(mine))
-            if confine._PREPARED[0].program_for(mine) != built:
-                os._exit(3)
-            if confine.install_filter() is not None:
-                os._exit(4)
-            try:
-                os.open("/dev/null", os.O_RDONLY)
-            except PermissionError:
-                os._exit(7)
-            os._exit(1)
-        _, status = os.waitpid(pid, 0)
-        print(os.waitstatus_to_exitcode(status))
     """)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=60, check=True)
-    assert done.stdout.split() == ["7"], done.stderr
+    checks = textwrap.dedent("""
+        mine = os.getpid()
+        built = confine._export(confine.build_filter(mine))
+        if confine._PREPARED[0].program_for(mine) != built:
+            os._exit(3)
+    """)
+    assert confined_child_exit(prelude, checks) == 7
 
 
 def test_a_template_is_refused_when_the_pid_is_not_all_that_varies(
@@ -444,33 +457,22 @@ def test_a_prepared_load_writes_the_pid_where_the_template_does(
 def test_a_forked_child_sets_its_death_signal_and_filter_either_way(native: bool) -> None:
     """With the C extension (`_process`) or through ctypes, a forked child sets the
     parent-death signal it asks for and loads its filter: open() is refused after."""
-    script = textwrap.dedent(f"""
+    prelude = textwrap.dedent(f"""
         import ctypes, os, signal
         from jarvis.runtime import confine
         if not {native}:
             confine._NATIVE[:] = [None]
         assert (confine.native() is not None) == {native}
         confine.prepare_filter()
-        pid = os.fork()
-        if pid == 0:
-            confine.set_death_signal(signal.SIGUSR1)
-            got = ctypes.c_int()
-            confine.libc().prctl(2, ctypes.byref(got), 0, 0, 0)  # PR_GET_PDEATHSIG
-            if got.value != signal.SIGUSR1:
-                os._exit(3)
-            if confine.install_filter() is not None:
-                os._exit(4)
-            try:
-                os.open("/dev/null", os.O_RDONLY)
-            except PermissionError:
-                os._exit(7)
-            os._exit(1)
-        _, status = os.waitpid(pid, 0)
-        print(os.waitstatus_to_exitcode(status))
     """)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=60, check=True)
-    assert done.stdout.split() == ["7"], done.stderr
+    checks = textwrap.dedent("""
+        confine.set_death_signal(signal.SIGUSR1)
+        got = ctypes.c_int()
+        confine.libc().prctl(2, ctypes.byref(got), 0, 0, 0)  # PR_GET_PDEATHSIG
+        if got.value != signal.SIGUSR1:
+            os._exit(3)
+    """)
+    assert confined_child_exit(prelude, checks) == 7
 
 
 def test_the_c_extension_refuses_a_program_that_is_not_whole_instructions() -> None:
