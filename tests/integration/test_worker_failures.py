@@ -143,6 +143,11 @@ def test_a_frozen_worker_is_fenced_off_when_it_wakes(
             assert endings[execution_id]["result"] == expected_result()
         taken = {x for x in frozen if endings[x]["worker"] == "b"}
         assert taken, "no execution of the frozen worker was taken over"
+        # Worker b commits every 500 ms: until it has committed these starts, the
+        # rebalance that worker a's return causes would deliver them again, and a
+        # start of an ended execution is answered `duplicate` (by design, and not a
+        # word from the fenced-off worker's runs).
+        cluster.wait_all_committed()
         state = {x: _state_files(cluster, x) for x in taken}
         seen = len(cluster.status_log.all())
     finally:
