@@ -339,46 +339,59 @@ def test_a_forked_child_starts_no_thread_for_its_time_limits(forks: ForkServer) 
         child.close()
 
 
-def test_the_zygote_forks_alone_where_the_c_extension_is_built() -> None:
-    """With `_process` built, the zygote forks with fork_alone: the child skips the
-    at-fork functions modules registered (threading's among them), and still has a
-    sound interpreter: its one thread is the main thread, locks and events work, and
-    it exits with the code it chose. A process with a second thread is refused."""
+def test_the_zygote_forks_alone_where_the_c_extension_is_built(tmp_path: Path) -> None:
+    """With `_process` built, the zygote's C loop forks with fork(2) alone: the child
+    skips the at-fork functions modules registered (threading's among them), and still
+    has a sound interpreter: its one thread is the main thread, locks and events work,
+    and it exits with the code it chose. A process with a second thread is refused."""
+    import json
+    import socket
+
     script = (
-        "import json, os, threading\n"
-        "from jarvis.runtime import zygote\n"
+        "import json, os, sys, threading\n"
+        "from jarvis.runtime import _process, zygote\n"
         "hooks = []\n"
         "os.register_at_fork(after_in_child=lambda: hooks.append('child'))\n"
-        "fork = zygote._forker()\n"
-        "assert fork is not os.fork, fork\n"
-        "read, write = os.pipe()\n"
-        "pid = fork()\n"
-        "if pid == 0:\n"
-        "    event = threading.Event()\n"
-        "    event.set()\n"
-        "    with threading.Lock():\n"
-        "        main = threading.current_thread() is threading.main_thread()\n"
-        "    os.write(write, json.dumps([hooks, main, event.is_set(), os.getpid()]).encode())\n"
-        "    os._exit(7)\n"
-        "os.close(write)\n"
-        "child = json.loads(os.read(read, 4096))\n"
-        "_, status = os.waitpid(pid, 0)\n"
-        "threading.Thread(target=threading.Event().wait, args=(5,), daemon=True).start()\n"
-        "try:\n"
-        "    zygote._forker()\n"
-        "    refused = ''\n"
-        "except RuntimeError as exc:\n"
-        "    refused = str(exc)\n"
-        "print(json.dumps([child, pid, os.waitstatus_to_exitcode(status), refused]))\n"
+        "zygote.check_alone()\n"
+        "forked = _process.serve_zygote(int(sys.argv[1]), lambda: None, 60.0)\n"
+        "if forked is None:\n"
+        "    threading.Thread(target=threading.Event().wait, args=(5,), daemon=True).start()\n"
+        "    try:\n"
+        "        zygote.check_alone()\n"
+        "        print('')\n"
+        "    except RuntimeError as exc:\n"
+        "        print(exc)\n"
+        "    sys.exit(0)\n"
+        "channel = forked[2]\n"
+        "event = threading.Event()\n"
+        "event.set()\n"
+        "with threading.Lock():\n"
+        "    main = threading.current_thread() is threading.main_thread()\n"
+        "os.write(channel, json.dumps([hooks, main, event.is_set(), os.getpid()]).encode())\n"
+        "os._exit(7)\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=60, check=True)
-    import json
-
-    (hooks, main, is_set, child_pid), pid, code, refused = json.loads(done.stdout)
+    host, zygote_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    process = subprocess.Popen([sys.executable, "-c", script, str(zygote_end.fileno())],
+                               pass_fds=(zygote_end.fileno(),), stdout=subprocess.PIPE,
+                               text=True)
+    zygote_end.close()
+    host.settimeout(30)
+    try:
+        ours, theirs = socket.socketpair()
+        with open(tmp_path / "log", "wb") as log:
+            socket.send_fds(host, [f"fork 1 {tmp_path}".encode()],
+                            [theirs.fileno(), log.fileno()])
+        theirs.close()
+        _, _, pid = host.recv(100).decode().split(" ")
+        with ours:
+            hooks, main, is_set, child_pid = json.loads(ours.recv(4096))
+        code = int(host.recv(100).decode().split(" ")[2])
+    finally:
+        host.close()
+    refused, _ = process.communicate(timeout=30)
     assert hooks == [], "an at-fork function ran in the child"
-    assert main and is_set and child_pid == pid and code == 7, done.stdout
-    assert refused == "a zygote has one thread, not 2"
+    assert main and is_set and child_pid == int(pid) and code == 7
+    assert refused.strip() == "a zygote has one thread, not 2"
 
 
 def test_without_the_c_extension_forked_children_run_confined_and_timed(

@@ -15,8 +15,6 @@
  *                                   with `program`: classic BPF, a bytes-like object
  *                                   of whole `struct sock_filter` instructions
  *
- *   fork_alone()                    fork(2) and nothing else: the child's pid in the
- *                                   parent, 0 in the child
  *   trim_memory()                   malloc_trim(0) where the C library is glibc: the
  *                                   free memory of the heap goes back to the system
  *                                   (True if any did), so that a fork copies no page
@@ -51,14 +49,6 @@
  * the handler's own next bytecode, cutting that C call short. From C, the handler
  * returns first; the C call goes on, and the exception is raised at the next bytecode
  * boundary, as when another thread sends it (see interrupt.py's alarm clock).
- *
- * `fork_alone` is for the zygote, a process that never starts a thread. os.fork()
- * also runs CPython's at-fork work: in the child, code that mends the locks and thread
- * states the threads that did not come along left behind, and the Python functions
- * modules registered with os.register_at_fork (threading's, logging's, random's). With
- * one thread, holding no lock at the fork, there is nothing to mend, yet that work
- * touches, and so copies, some two hundred of the zygote's pages in every child (about
- * 0.5 ms of CPU). The caller keeps the promise (see zygote.py's `_forker`).
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -152,18 +142,6 @@ call_handler(PyObject *decide, PyObject *args)
 }
 
 static PyObject *
-fork_alone(PyObject *module, PyObject *unused)
-{
-    (void)module;
-    (void)unused;
-    pid_t pid = fork();
-    if (pid < 0) {
-        return PyErr_SetFromErrno(PyExc_OSError);
-    }
-    return PyLong_FromLong((long)pid);
-}
-
-static PyObject *
 set_async_exc(PyObject *module, PyObject *args)
 {
     (void)module;
@@ -195,7 +173,13 @@ trim_memory(PyObject *module, PyObject *unused)
  * touched (reference counts, frames, the objects of a message) was a page fault and a
  * copy, a hundred and more a fork; this loop writes to a handful. The loop returns to
  * Python in a forked child only, or when the host went away. SIGCHLD is blocked while
- * it runs and read from a signalfd; a child gets the signal mask back as it was. */
+ * it runs and read from a signalfd; a child gets the signal mask back as it was.
+ *
+ * It forks with fork(2) alone, without CPython's at-fork work (os.fork() runs it: code
+ * that mends the locks and thread states of threads that did not come along, and the
+ * functions modules registered with os.register_at_fork), which would touch, and so
+ * copy, some two hundred pages in every child. The caller has one thread, holding no
+ * lock (zygote.py's `check_alone`): there is nothing to mend. */
 
 #define MAX_MESSAGE (1 << 16)
 #define MAX_FDS 4
@@ -489,8 +473,6 @@ static PyMethodDef methods[] = {
      "A signal handler that has decide() name an exception and a thread to raise it in."},
     {"set_async_exc", set_async_exc, METH_VARARGS,
      "Have a thread raise an exception class at its next bytecode (None: withdraw it)."},
-    {"fork_alone", fork_alone, METH_NOARGS,
-     "fork(2) without CPython's at-fork work: for a process that never started a thread."},
     {"serve_zygote", serve_zygote, METH_VARARGS,
      "The zygote's request loop: (request id, directory, channel fd, log fd) in a forked "
      "child, None when the host went away."},
@@ -501,7 +483,7 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_process",
-    "prctl(2) for execution children: the death signal and the seccomp filter.",
+    "The zygote's loop and an execution child's process settings (prctl, signals).",
     -1, methods,
 };
 

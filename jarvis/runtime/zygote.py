@@ -53,7 +53,7 @@ import struct
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from types import ModuleType
 from typing import Any, Final, NamedTuple, NoReturn
 
@@ -73,13 +73,13 @@ class Zygote:
         self.control = control
         self.pid = os.getpid()
         self.pids: dict[int, int] = {}  # pid -> request id, for children not reaped yet
-        self.fork = _forker()
 
     def serve(self) -> int:
         """Serve the host until it goes away (0); in a forked child, never returns."""
         gc.freeze()  # what is imported stays shared with the children (no copy on write)
         process = confine.native()
         if process is not None:
+            check_alone()
             # The heap's free pages (freed by imports and the warm-up) go back to the
             # system: about 0.8 MB less for every fork to map and every exit to unmap.
             process.trim_memory()
@@ -152,7 +152,7 @@ class Zygote:
         sys.stdout.flush()
         sys.stderr.flush()
         try:
-            pid = self.fork()
+            pid = os.fork()
         except OSError as exc:
             os.close(channel_fd)
             os.close(log_fd)
@@ -221,27 +221,22 @@ class Zygote:
         self.control.send(message.encode("utf-8"))
 
 
-def _forker() -> Callable[[], int]:
-    """How the zygote forks: `_process.fork_alone` where the C extension is built (else
-    os.fork), fork(2) without CPython's at-fork work, which costs each child about
-    0.5 ms of CPU and two hundred pages copied from the zygote's.
+def check_alone() -> None:
+    """Refuse to serve with more than one thread: the C loop forks with fork(2) alone.
 
-    That work mends what the threads that did not come along left behind: CPython's
-    locks and thread states, and the functions modules registered with
-    os.register_at_fork: threading's (its other threads' locks), logging's (its
-    handlers' locks) and random's (a new seed). The zygote has none of it to mend: it
-    never starts a thread (its children's clock is SIGALRM, see interrupt.py), checked
-    here once, and forks from its loop, outside any import or lock. No child draws from
-    `random`'s shared generator, whose numbers would repeat from child to child
-    (os.urandom, `secrets` and tempfile's names do not depend on it).
+    os.fork() also runs CPython's at-fork work in the child, which mends what the threads
+    that did not come along left behind: CPython's locks and thread states, and the
+    functions modules registered with os.register_at_fork: threading's (its other
+    threads' locks), logging's (its handlers' locks) and random's (a new seed). It
+    touches, and so copies, some two hundred of the zygote's pages in every child (about
+    0.5 ms of CPU), and the zygote has none of it to mend: it never starts a thread (its
+    children's clock is SIGALRM, see interrupt.py), checked here, and forks from its
+    loop, outside any import or lock. No child draws from `random`'s shared generator,
+    whose numbers would repeat from child to child (os.urandom, `secrets` and tempfile's
+    names do not depend on it).
     """
-    process = confine.native()
-    if process is None:
-        return os.fork
     if threading.active_count() != 1:
         raise RuntimeError(f"a zygote has one thread, not {threading.active_count()}")
-    fork: Callable[[], int] = process.fork_alone
-    return fork
 
 
 WARM_UP_PROGRAM = """\
