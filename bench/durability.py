@@ -180,15 +180,14 @@ def resume_rows(config: Config, monty: MontyPool | None) -> dict[str, Any]:
     live = resume.measure(config.size(1000), config.cheap_repeats, config.warmup,
                           LIVE_STATE.source, {"records": live_records})
     live["records"] = live_records
-    counts = []
-    for count in RESUME_COUNTS:
-        scaled = config.size(count)
-        config.say(f"resume after {scaled} Book calls (bench/resume.py)")
-        row = resume.measure(scaled, config.cheap_repeats, config.warmup)
+    scaled = [config.size(count) for count in RESUME_COUNTS]
+    config.say(f"resume after {', '.join(map(str, scaled))} Book calls, in interleaved "
+               "rounds (bench/resume.py)")
+    counts = resume.measure_interleaved(scaled, config.cheap_repeats, config.warmup)
+    for count, row in zip(RESUME_COUNTS, counts, strict=True):
         row["label"] = f"{count:,}"
         if monty is not None:
-            row["monty"] = _monty_after_calls(config, monty, scaled)
-        counts.append(row)
+            row["monty"] = _monty_after_calls(config, monty, row["book_calls"])
     first, last = counts[0], counts[-1]
     return {
         "live_100kb": live,

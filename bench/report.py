@@ -232,6 +232,16 @@ def _faster_than(cpu: dict[str, Any], baseline: str, label: str) -> Target:
                   f"Jarvis off / {label}: {detail}")
 
 
+def _round_ratios(last: dict[str, Any], first: dict[str, Any]) -> str:
+    """The range of the per-round ratios of two rows resumed in the same rounds."""
+    pairs = list(zip(last.get("resumed_ms_runs", []), first.get("resumed_ms_runs", []),
+                     strict=True))
+    if not pairs:
+        return ""
+    ratios = [a / b for a, b in pairs]
+    return f"; per round {times(min(ratios))} to {times(max(ratios))}"
+
+
 def _durability_targets(durability: dict[str, Any]) -> list[Target]:
     found = []
     resume = durability["resume"]
@@ -244,7 +254,8 @@ def _durability_targets(durability: dict[str, Any]) -> list[Target]:
     cpu_ratio = rows[-1]["resumed_cpu_ms_median"] / rows[0]["resumed_cpu_ms_median"]
     found.append(Target(f"Resume after {rows[-1]['book_calls']:,} Book calls vs after "
                         f"{rows[0]['book_calls']:,}", "≤ 1.5x", times(ratio),
-                        _status(ratio <= 1.5), ratio, f"in CPU time {times(cpu_ratio)}"))
+                        _status(ratio <= 1.5), ratio,
+                        f"in CPU time {times(cpu_ratio)}{_round_ratios(rows[-1], rows[0])}"))
     snapshots = durability["snapshots"]
     worst = max(snapshots, key=lambda row: row["snapshot_vs_pickled"])
     found.append(Target("Snapshot size vs pickled size of the live variables (worst size)",

@@ -11,6 +11,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,17 +43,19 @@ def _execution(base: Path, count: int, stop: Any, source: str = PROGRAM,
                      stop_requested=stop)
 
 
-def measure(count: int, repeats: int, warmup: int = 0, source: str = PROGRAM,
-            inputs: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Stop `source` after `count` Book calls, then time `warmup` + `repeats` resumes.
+class StoppedRun:
+    """`source` stopped after `count` Book calls, in its own state directory, ready to
+    be resumed again and again (each resume makes one live Book call, writes a
+    snapshot and stops)."""
 
-    `resumed_ms_*` is the time to the first live Book call after the restore (and
-    `resumed_cpu_ms_*` this process's CPU time for it); `resume_ms_*` also includes the
-    snapshot the stop then writes."""
-    with tempfile.TemporaryDirectory() as tmp:
-        base = Path(tmp)
+    def __init__(self, count: int, resumes: int, source: str = PROGRAM,
+                 inputs: dict[str, Any] | None = None) -> None:
+        self.count, self.source, self.inputs = count, source, inputs
+        self._tmp = tempfile.TemporaryDirectory()
+        self.base = base = Path(self._tmp.name)
         (base / "counter.py").write_text(BOOK)
         (base / "books.toml").write_text('[books.counter]\npython = "counter.py"\n')
+        self.total = count + 10 + resumes
         holder: dict[str, Execution] = {}
 
         def stop_at_count() -> bool:
@@ -60,53 +63,89 @@ def measure(count: int, repeats: int, warmup: int = 0, source: str = PROGRAM,
             return machine is not None and machine.effect_count >= count
 
         started = time.perf_counter()
-        total = count + 10 + warmup + repeats
-        holder["e"] = _execution(base, total, stop_at_count, source, inputs)
+        holder["e"] = _execution(base, self.total, stop_at_count, source, inputs)
         outcome = holder["e"].run()
-        run_seconds = time.perf_counter() - started
+        self.run_seconds = time.perf_counter() - started
         assert outcome.status == "suspended", outcome
         snapshots = sorted((base / "state" / "executions" / "bench" / "snapshots").iterdir())
-        snapshot_bytes = snapshots[-1].stat().st_size
-        times, resumed, resumed_cpu = [], [], []
-        for run in range(warmup + repeats):
-            asked: list[tuple[float, float]] = []
+        self.snapshot_bytes = snapshots[-1].stat().st_size
+        self.times: list[float] = []
+        self.resumed: list[float] = []
+        self.resumed_cpu: list[float] = []
 
-            def stop_now(asked: list[tuple[float, float]] = asked) -> bool:
-                # First asked after the first effect.
-                asked.append((time.perf_counter(), time.process_time()))
-                return True
+    def resume(self, keep: bool) -> None:
+        """Resume once; `keep` the times (False: a warm-up)."""
+        asked: list[tuple[float, float]] = []
 
-            execution = _execution(base, total, stop_now, source, inputs)
-            begin, begin_cpu = time.perf_counter(), time.process_time()
-            outcome = execution.run()  # restore, one live Book call, snapshot, stop
-            end = time.perf_counter()
-            assert outcome.status == "suspended", outcome
-            assert execution.report.replayed_effects <= 1
-            if run >= warmup:
-                times.append(end - begin)
-                resumed.append(asked[0][0] - begin)
-                resumed_cpu.append(asked[0][1] - begin_cpu)
-    return {
-        "book_calls": count,
-        "first_run_seconds": round(run_seconds, 3),
-        "snapshot_bytes": snapshot_bytes,
-        "resume_ms_median": round(statistics.median(times) * 1000, 3),
-        "resume_ms_min": round(min(times) * 1000, 3),
-        "resume_ms_max": round(max(times) * 1000, 3),
-        "resume_ms_runs": [round(t * 1000, 3) for t in times],
-        "resumed_ms_median": round(statistics.median(resumed) * 1000, 3),
-        "resumed_ms_min": round(min(resumed) * 1000, 3),
-        "resumed_ms_max": round(max(resumed) * 1000, 3),
-        "resumed_ms_runs": [round(t * 1000, 3) for t in resumed],
-        "resumed_cpu_ms_median": round(statistics.median(resumed_cpu) * 1000, 3),
-        "resumed_cpu_ms_runs": [round(t * 1000, 3) for t in resumed_cpu],
-        "runs": repeats,
-    }
+        def stop_now() -> bool:
+            # First asked after the first effect.
+            asked.append((time.perf_counter(), time.process_time()))
+            return True
+
+        execution = _execution(self.base, self.total, stop_now, self.source, self.inputs)
+        begin, begin_cpu = time.perf_counter(), time.process_time()
+        outcome = execution.run()  # restore, one live Book call, snapshot, stop
+        end = time.perf_counter()
+        assert outcome.status == "suspended", outcome
+        assert execution.report.replayed_effects <= 1
+        if keep:
+            self.times.append(end - begin)
+            self.resumed.append(asked[0][0] - begin)
+            self.resumed_cpu.append(asked[0][1] - begin_cpu)
+
+    def close(self) -> None:
+        self._tmp.cleanup()
+
+    def row(self) -> dict[str, Any]:
+        times, resumed, resumed_cpu = self.times, self.resumed, self.resumed_cpu
+        return {
+            "book_calls": self.count,
+            "first_run_seconds": round(self.run_seconds, 3),
+            "snapshot_bytes": self.snapshot_bytes,
+            "resume_ms_median": round(statistics.median(times) * 1000, 3),
+            "resume_ms_min": round(min(times) * 1000, 3),
+            "resume_ms_max": round(max(times) * 1000, 3),
+            "resume_ms_runs": [round(t * 1000, 3) for t in times],
+            "resumed_ms_median": round(statistics.median(resumed) * 1000, 3),
+            "resumed_ms_min": round(min(resumed) * 1000, 3),
+            "resumed_ms_max": round(max(resumed) * 1000, 3),
+            "resumed_ms_runs": [round(t * 1000, 3) for t in resumed],
+            "resumed_cpu_ms_median": round(statistics.median(resumed_cpu) * 1000, 3),
+            "resumed_cpu_ms_runs": [round(t * 1000, 3) for t in resumed_cpu],
+            "runs": len(times),
+        }
+
+
+def measure_interleaved(counts: Sequence[int], repeats: int, warmup: int = 0,
+                        source: str = PROGRAM,
+                        inputs: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """A row per count of Book calls: `source` stopped after that many, then resumed
+    `warmup` + `repeats` times, in rounds that resume each of them once (so that a
+    slow minute of a shared machine falls on every row alike, not on one).
+
+    `resumed_ms_*` is the time to the first live Book call after the restore (and
+    `resumed_cpu_ms_*` this process's CPU time for it); `resume_ms_*` also includes the
+    snapshot the stop then writes."""
+    runs = [StoppedRun(count, warmup + repeats, source, inputs) for count in counts]
+    try:
+        for round_ in range(warmup + repeats):
+            for run in runs:
+                run.resume(keep=round_ >= warmup)
+        return [run.row() for run in runs]
+    finally:
+        for run in runs:
+            run.close()
+
+
+def measure(count: int, repeats: int, warmup: int = 0, source: str = PROGRAM,
+            inputs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One row of `measure_interleaved`."""
+    return measure_interleaved([count], repeats, warmup, source, inputs)[0]
 
 
 def main() -> None:
     repeats = int(sys.argv[1]) if len(sys.argv) > 1 else 5
-    rows = [measure(count, repeats) for count in (1_000, 10_000, 100_000)]
+    rows = measure_interleaved((1_000, 10_000, 100_000), repeats)
     ratio = rows[-1]["resume_ms_median"] / rows[0]["resume_ms_median"]
     print(json.dumps({"resume": rows, "resume_ratio_100k_vs_1k": round(ratio, 3)}, indent=2))
 
