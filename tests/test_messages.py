@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import math
 import re
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -25,9 +26,11 @@ from jarvis.worker.messages import (
     MAX_JSON_DEPTH,
     MAX_SOURCE_CHARS,
     OBJECT_KEY_PATTERN,
+    PROTOCOL_VERSION,
     STATUSES,
     Command,
     DeadLetter,
+    ErrorInfo,
     LimitOverrides,
     LimitsNotAllowed,
     Program,
@@ -43,6 +46,7 @@ from jarvis.worker.messages import (
     raw_bytes,
     status_event,
 )
+from jarvis.worker.statusjson import encode_status
 
 ROOT = Path(__file__).resolve().parent.parent
 EVENTS_DOC = ROOT / "docs" / "events.md"
@@ -598,3 +602,63 @@ def test_docs_examples_are_valid(name: str, text: str) -> None:
         StatusEvent.model_validate_json(value)
     else:
         DeadLetter.model_validate_json(value)
+
+
+def _through_the_model(execution_id: str, status: str, **fields: Any) -> bytes:
+    result = fields.pop("result", None)
+    error = fields.pop("error", None)
+    return encode(StatusEvent(
+        execution_id=execution_id, status=status,  # type: ignore[arg-type]
+        result=None if result is None else json.loads(json.dumps(result, default=str)),
+        error=None if error is None else ErrorInfo(**error), **fields))
+
+
+@pytest.mark.parametrize("fields", [
+    {"attempt": 3, "result": {"x": 1.5, "big": 1e16, "text": 'é"\n\u2028\\', "list": [1, None],
+                              "pair": (1, 2), 7: {"nested": True}},
+     "counters": {"steps": 3, "book_calls": 0}},
+    {"error": {"type": "KeyError", "message": "'x'", "line": 4, "col": 2}},
+    {"error": {"type": "Duplicate", "message": "the execution is completed"}},
+    {"result": {"when": datetime(2020, 1, 1)}},
+    {"ts": datetime(2025, 1, 1, 12, tzinfo=timezone(timedelta(hours=2)))},
+    {"ts": datetime(2025, 1, 1, 12, 0, 0, 5, tzinfo=UTC)},
+])
+def test_status_events_are_written_as_the_model_writes_them(fields: dict[str, Any]) -> None:
+    fields = {"ts": datetime(2025, 3, 14, 9, 26, 53, 589000, tzinfo=UTC), **fields}
+    fast = encode_status(PROTOCOL_VERSION, "e-1", "completed", STATUSES, worker="w",
+                         attempt=fields.get("attempt", 0), result=fields.get("result"),
+                         error=fields.get("error"), counters=fields.get("counters"),
+                         ts=fields["ts"])
+    assert fast is not None  # written without the model
+    assert fast == status_event("e-1", "completed", worker="w", **fields)
+    assert fast == _through_the_model("e-1", "completed", worker="w", **fields)
+
+
+@pytest.mark.parametrize("fields", [
+    {"result": {"n": math.nan}},
+    {"error": {"type": "T", "message": "m", "extra": 1}},
+    {"counters": {"steps": True}},
+    {"counters": {"steps": -1}},
+    {"attempt": -1},
+])
+def test_what_the_direct_writer_cannot_vouch_for_goes_through_the_model(
+        fields: dict[str, Any]) -> None:
+    assert encode_status(PROTOCOL_VERSION, "e-1", "failed", STATUSES, worker="w",
+                         attempt=fields.get("attempt", 0), result=fields.get("result"),
+                         error=fields.get("error"), counters=fields.get("counters"),
+                         ts=None) is None
+    if "result" in fields:  # the model's verdict, as before
+        when = datetime(2025, 3, 14, tzinfo=UTC)
+        assert status_event("e-1", "failed", worker="w", ts=when, **fields) \
+            == _through_the_model("e-1", "failed", worker="w", ts=when, **fields)
+    else:
+        with pytest.raises(ValidationError):
+            status_event("e-1", "failed", worker="w", **fields)
+
+
+@pytest.mark.parametrize("bad", [{"status": "running"}, {"worker": ""},
+                                 {"execution_id": "../x"}])
+def test_bad_status_events_are_refused_as_before(bad: dict[str, Any]) -> None:
+    fields = {"execution_id": "e-1", "status": "started", "worker": "w", **bad}
+    with pytest.raises(ValidationError):
+        status_event(**fields)

@@ -26,7 +26,7 @@ from jarvis.runtime.books import BookRegistry
 from jarvis.runtime.channel import ChannelError
 from jarvis.runtime.effects_log import MemoryEffects
 from jarvis.runtime.machine import Machine
-from jarvis.runtime.sinks import MemorySink, line_protocol
+from jarvis.runtime.sinks import MemorySink, line_protocol, series
 from jarvis.runtime.trace import EventBatch, TraceEvent, Tracer
 from jarvis.runtime.tracebatch import KINDS, EncodedBatch, SiteTable
 from jarvis.worker.logs import KafkaLogSink
@@ -406,3 +406,22 @@ def test_only_the_events_not_yet_delivered_are_encoded() -> None:
 
     run_traced(PROGRAM, Cut())
     assert len(checked) > 3 and all(count >= 64 - 6 for count in checked[:-1])
+
+
+def test_tables_of_one_program_share_its_rendered_sites_but_not_the_execution() -> None:
+    sites = [Site("expr", 3, 5, 3, 10, "a + b"), Site("stmt", 4, 1, 4, 9, 'print("x")')]
+    first, second = SiteTable("ex-1", sites), SiteTable("ex-2", sites)
+    assert first.middles is second.middles and first.rows is second.rows
+    assert first.heads != second.heads
+    assert all(b"ex-1" in head for head in first.heads)
+    # Equal sites in another object (another program) are rendered for themselves.
+    other = SiteTable("ex-1", [Site("expr", 3, 5, 3, 10, "a - b"), sites[1]])
+    assert other.middles is not first.middles and b"a - b" in other.middles[0]
+
+
+@pytest.mark.parametrize("execution_id", ["ex-1", "", "a b,c=d\\e", "naïve"])
+def test_a_tables_heads_are_the_series_of_each_kind(execution_id: str) -> None:
+    table = SiteTable(execution_id, [Site("expr", 1, 1, 1, 2, "x")])
+    assert table.heads == tuple(f"{series(execution_id, kind)} seq=".encode()
+                                for kind in tracebatch.KINDS)
+    assert series("a b", "expr") == "spy_trace,execution_id=a\\ b,kind=expr"

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import pytest
 
 from jarvis.runtime.statedir import StateError, write_file_atomically
-from jarvis.worker.leases import read_fence
+from jarvis.worker.leases import Fence, Lease, Leases, read_fence
 
 
 def test_no_fence_file_is_token_zero(tmp_path: Path) -> None:
@@ -33,3 +35,25 @@ def test_anything_else_is_a_state_error(tmp_path: Path, text: bytes) -> None:
     write_file_atomically(tmp_path / "fence", text, fsync=False)
     with pytest.raises(StateError, match="not a fencing token"):
         read_fence(tmp_path)
+
+
+@pytest.mark.parametrize("fsync", [True, False])
+def test_a_claim_is_fsynced_as_the_journal_is(tmp_path: Path, fsync: bool,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def counting(fd: int) -> None:
+        synced.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counting)
+    lease = Lease("e-1", "w", 7, time.monotonic() + 60)
+    Fence(tmp_path, lease, Leases(_NoRedis(), "w", 60), fsync=fsync).claim()
+    assert read_fence(tmp_path) == 7
+    assert bool(synced) == fsync  # the file and its directory, or neither
+
+
+class _NoRedis:
+    def register_script(self, script: str) -> object:
+        return object()

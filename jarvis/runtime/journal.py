@@ -181,8 +181,10 @@ class Journal:
         self._fd = fd
         self._header = b""
         self._id = execution_id.encode("ascii")
-        # One per key: keys[0] signs new records; any of them verifies a record.
-        self._signers = _signers(keys, self._id)
+        # One per key: keys[0] signs new records; any of them verifies a record. Made
+        # when first needed (a run that journals nothing never needs them).
+        self._keys = keys
+        self._prepared: tuple[_Signer, ...] | None = None
         self._fsync = fsync
         self._guard = guard
         self._offsets = offsets
@@ -192,6 +194,12 @@ class Journal:
         self._end = end
         self._closed = False
         self._broken: str | None = None
+
+    @property
+    def _signers(self) -> tuple[_Signer, ...]:
+        if self._prepared is None:
+            self._prepared = _signers(self._keys, self._id)
+        return self._prepared
 
     # -- opening --------------------------------------------------------------------
 

@@ -340,10 +340,16 @@ event of an execution, so escaped once."""
 def series(execution_id: str, kind: str) -> str:
     """The measurement and tags of a line: `spy_trace,execution_id=ID,kind=KIND`, the
     execution id left out when empty (Influx refuses empty tag values)."""
-    tags = f",kind={escape_tag(kind)}"
+    return series_of_kinds(execution_id, (kind,))[0]
+
+
+def series_of_kinds(execution_id: str, kinds: Sequence[str]) -> list[str]:
+    """`series(execution_id, kind)` of each of `kinds`, the id escaped once (a host
+    renders a run's lines with the series of every kind)."""
+    head = escape_measurement(MEASUREMENT)
     if execution_id:
-        tags = f",execution_id={escape_tag(execution_id)}" + tags
-    return escape_measurement(MEASUREMENT) + tags
+        head += f",execution_id={escape_tag(execution_id)}"
+    return [f"{head},kind={escape_tag(kind)}" for kind in kinds]
 
 
 def line_protocol(event: TraceEvent, timestamp_ns: int | None = None) -> str:

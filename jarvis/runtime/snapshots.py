@@ -16,6 +16,7 @@ Files are named `snapshot-<sequence, 12 digits>.jsnap`; the highest sequence is 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hmac
 import json
 import math
@@ -72,6 +73,14 @@ def key_id(key: bytes) -> bytes:
     A hash, so the file says which key signed it without saying anything about the key.
     """
     return sha256(b"jarvis snapshot key id\x00" + key).digest()[:8]
+
+
+@functools.lru_cache(maxsize=8)
+def _key_ring(keys: tuple[bytes, ...]) -> tuple[dict[bytes, bytes], bytes, PreparedHmac]:
+    """The keys by id (the signing key wins a clash), the signing key's id, its signer.
+    Shared by stores: none changes them (a `PreparedHmac` copies its states to sign)."""
+    return ({key_id(key): key for key in reversed(keys)}, key_id(keys[0]),
+            PreparedHmac(keys[0]))
 
 
 class SnapshotRejected(StateError):
@@ -223,9 +232,8 @@ class SnapshotStore:
         self._dir = os.fspath(self.directory)
         self.keep = keep
         self._keys = check_hmac_keys(keys)
-        self._keys_by_id = {key_id(key): key for key in reversed(self._keys)}
-        self._signing_key_id = key_id(self._keys[0])
-        self._signer = PreparedHmac(self._keys[0])
+        # Made once per set of keys (a worker makes a store per run, with the same keys).
+        self._keys_by_id, self._signing_key_id, self._signer = _key_ring(self._keys)
         self._guard = guard
         self._max_bytes = max_bytes
         self._fsync = fsync

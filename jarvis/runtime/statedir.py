@@ -15,6 +15,7 @@ of their exceptions (`StateError`).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -84,7 +85,7 @@ def check_hmac_keys(keys: Sequence[bytes]) -> tuple[bytes, ...]:
     return checked
 
 
-def fsync_directory(path: Path) -> None:
+def fsync_directory(path: Path | str) -> None:
     """Make the entries of a directory (creations, renames, deletions) durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -123,11 +124,18 @@ _TEMP_NAMES = _TempNames()
 def temp_name(final: Path) -> Path:
     """The name a file is written under before it is renamed to `final`: hidden, unique
     (among processes too, on every host sharing the directory)."""
-    return final.with_name(f".{final.name}.{_TEMP_NAMES.next()}.tmp")
+    return Path(_temp_path(os.fspath(final)))
+
+
+def _temp_path(final: str) -> str:
+    """`temp_name` of a path as a string (a run writes a few small files: made without
+    the `Path` objects, their parsing and their string forms)."""
+    head, name = os.path.split(final)
+    return os.path.join(head, f".{name}.{_TEMP_NAMES.next()}.tmp")
 
 
 def write_file_atomically(
-    path: Path,
+    path: Path | str,
     data: bytes,
     *,
     fsync: bool = True,
@@ -140,7 +148,8 @@ def write_file_atomically(
     `before_publish` runs just before the rename (a fencing check); if it raises, the
     temporary file is removed and `path` is untouched.
     """
-    temp = temp_name(path)
+    final = os.fspath(path)
+    temp = _temp_path(final)
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
     try:
         try:
@@ -151,12 +160,13 @@ def write_file_atomically(
             os.close(fd)
         if before_publish is not None:
             before_publish()
-        os.replace(temp, path)
+        os.replace(temp, final)
     except BaseException:
-        temp.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
         raise
     if fsync:
-        fsync_directory(path.parent)
+        fsync_directory(os.path.dirname(final) or ".")
 
 
 @dataclass(frozen=True)

@@ -33,12 +33,13 @@ from __future__ import annotations
 import bisect
 import itertools
 import struct
+import threading
 import types
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Final, overload
 
 from jarvis.runtime.channel import ChannelError
-from jarvis.runtime.sinks import escape_string_field, render_lines, series
+from jarvis.runtime.sinks import escape_string_field, render_lines, series_of_kinds
 from jarvis.runtime.trace import EventBatch, TraceEvent, python_only
 
 if TYPE_CHECKING:
@@ -148,6 +149,13 @@ _expr_sites: list[tuple[object, bytes]] = []
 """The `expr_sites` flags of the last site table seen (a child runs one program)."""
 
 
+def forget_sites() -> None:
+    """Let go of the last site table `_expr_flags` kept: for a zygote, after its warm-up,
+    so that each child does not free the warm-up program's sites when it replaces them
+    (writing, and so copying, the zygote's pages that hold them)."""
+    _expr_sites.clear()
+
+
 def _expr_flags(table: Sequence[tuple[str, int, int, int, int, str]]) -> bytes:
     if _expr_sites and _expr_sites[0][0] is table:
         return _expr_sites[0][1]
@@ -187,10 +195,23 @@ class SiteTable:
 
     def __init__(self, execution_id: str, sites: Sequence[Site]) -> None:
         self.execution_id = execution_id
-        self.rows = [(site.kind, site.line, site.col, site.end_line, site.end_col, site.text)
-                     for site in sites]
-        self.heads = tuple((series(execution_id, kind) + " seq=").encode() for kind in KINDS)
+        self.heads = tuple(f"{head} seq=".encode()
+                           for head in series_of_kinds(execution_id, KINDS))
         """Per kind: measurement and tags up to the seq."""
+        rendered = _rendered_sites(sites)
+        self.rows = rendered.rows
+        self.site_kinds = rendered.site_kinds
+        self.middles = rendered.middles
+        """Per site: the line from the seq's `i` to the value (a statement's to its end)."""
+
+
+class _RenderedSites:
+    """The parts of a `SiteTable` that depend on the sites alone (not on the run)."""
+
+    def __init__(self, sites: Sequence[Site]) -> None:
+        self.sites = sites
+        self.rows = tuple((site.kind, site.line, site.col, site.end_line, site.end_col,
+                           site.text) for site in sites)
         self.site_kinds = bytes(KINDS.index(row[0]) for row in self.rows)
         middles = []
         for kind, line, col, end_line, end_col, text in self.rows:
@@ -199,7 +220,29 @@ class SiteTable:
                       f'expr="{expr}",value="')
             middles.append((middle if kind == "expr" else middle + '",type=""').encode())
         self.middles = tuple(middles)
-        """Per site: the line from the seq's `i` to the value (a statement's to its end)."""
+
+
+_RENDERED_KEPT = 64
+"""How many programs' rendered sites the host keeps (a worker runs the same few
+programs again and again: their sites are one object per compiled program)."""
+
+_rendered: dict[int, _RenderedSites] = {}
+_rendered_lock = threading.Lock()  # runs of a worker render in threads of their own
+
+
+def _rendered_sites(sites: Sequence[Site]) -> _RenderedSites:
+    """The rendered parts of `sites`, made once per sites object (found by identity: the
+    entry holds the object, so its id is not reused while it is kept)."""
+    with _rendered_lock:
+        found = _rendered.get(id(sites))
+        if found is not None and found.sites is sites:
+            return found
+    made = _RenderedSites(sites)
+    with _rendered_lock:
+        if len(_rendered) >= _RENDERED_KEPT:
+            _rendered.pop(next(iter(_rendered)))  # the oldest
+        _rendered[id(sites)] = made
+    return made
 
 
 class EncodedBatch(Sequence[TraceEvent]):

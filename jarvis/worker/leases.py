@@ -258,12 +258,16 @@ class Fence:
     """The token file in an execution's state directory, and the write guard on it."""
 
     def __init__(self, directory: Path, lease: Lease, leases: Leases,
-                 reconnect_seconds: float = 0.0) -> None:
+                 reconnect_seconds: float = 0.0, fsync: bool = True) -> None:
         self.directory = directory
         self.path = directory / "fence"
         self.lease = lease
         self.leases = leases
         self.reconnect_seconds = reconnect_seconds
+        # Whether `claim` makes the token durable (off with `journal_fsync`: after a
+        # crash of this machine, this worker writes nothing more, and the next owner's
+        # token is larger than any Redis handed out or a fence file kept).
+        self.fsync = fsync
         self.refused: str | None = None  # why the last refusal happened
 
     def read(self) -> int:
@@ -275,7 +279,8 @@ class Fence:
         if current > self.lease.token:
             self._refuse(f"execution {self.lease.execution_id} has a newer owner (token "
                          f"{current} > {self.lease.token})")
-        write_file_atomically(self.path, f"{self.lease.token}\n".encode("ascii"))
+        write_file_atomically(self.path, f"{self.lease.token}\n".encode("ascii"),
+                              fsync=self.fsync)
 
     def guard(self) -> None:
         """Called before every write: journal, snapshot, Book call, trace batch."""

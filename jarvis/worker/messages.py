@@ -43,6 +43,7 @@ from pydantic import (
 
 from jarvis.runtime.statedir import MAX_EXECUTION_ID_LENGTH, validate_execution_id
 from jarvis.settings import Limits, TraceLevel
+from jarvis.worker.statusjson import encode_status
 
 PROTOCOL_VERSION: Final = 1
 """The version every message carries in `v`; a message of another version is refused."""
@@ -694,7 +695,17 @@ def status_event(
     counters: Mapping[str, int] | None = None,
     ts: datetime | None = None,
 ) -> bytes:
-    """An encoded `StatusEvent`; `result` is made JSON (tuples become lists, others str)."""
+    """An encoded `StatusEvent`; `result` is made JSON (tuples become lists, others str).
+
+    Written straight to JSON when statusjson.py can vouch for every field (the model's
+    document, without building the model); else through the model, which also says
+    what is wrong with a field."""
+    fast = encode_status(
+        PROTOCOL_VERSION, execution_id, status, STATUSES, worker=worker, attempt=attempt,
+        result=result, error=error.model_dump() if isinstance(error, ErrorInfo) else error,
+        counters=counters, ts=ts)
+    if fast is not None:
+        return fast
     fields: dict[str, Any] = {
         "execution_id": execution_id,
         "status": status,

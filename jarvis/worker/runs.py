@@ -273,7 +273,8 @@ class Runner:
         if began.lease is None:  # Redis records that the execution ended
             return self._duplicate(run, str(began.ended), quiet)
         lease = began.lease
-        fence = Fence(directory.root, lease, self.leases, self.settings.redis.reconnect_seconds)
+        fence = Fence(directory.root, lease, self.leases, self.settings.redis.reconnect_seconds,
+                      fsync=self.settings.journal_fsync)
         try:
             # status.json, read once: whether the execution ended (Redis may have
             # forgotten), and what the Execution resumes with.
@@ -345,6 +346,9 @@ class Runner:
         sink = KafkaLogSink(self.logs_producer, self.settings.kafka.logs_topic, execution_id,
                             guard=fence.guard, on_events=self.metrics.count_trace_events)
         limits = effective_limits(self.settings.limits, command.limits)
+        # The worker's settings as they are, unless the start lowered a limit.
+        settings = self.settings if limits is self.settings.limits \
+            else self.settings.model_copy(update={"limits": limits})
 
         def checkpointed(counters: dict[str, int]) -> None:
             self.publish(execution_id, "checkpointed", attempt=lease.token, counters=counters)
@@ -352,7 +356,7 @@ class Runner:
         execution = Execution(
             program, execution_id=execution_id, inputs=dict(command.inputs),
             books=_FencedBooks(self.books, fence.guard),
-            settings=self.settings.model_copy(update={"limits": limits}), sink=sink,
+            settings=settings, sink=sink,
             stop_requested=run.stop_event.is_set, guard=fence.guard,
             isolation=self.pool, on_snapshot=checkpointed, artifacts=self.artifacts,
             status=recorded, directory=directory,

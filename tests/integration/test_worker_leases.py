@@ -244,3 +244,23 @@ def test_each_run_thread_asks_redis_on_a_connection_of_its_own(
     del threads
     gc.collect()
     assert seen["t0"] in pool._available_connections  # back in the pool
+
+
+def test_a_script_redis_forgot_is_loaded_again(redis_server: RedisServer,
+                                               execution_id: str) -> None:
+    """A run's scripts go straight to its connection; after a SCRIPT FLUSH (a restarted
+    Redis has no scripts) the client loads the script and runs it."""
+    client = redis_server.client()
+    leases = Leases(client, "a", ttl_seconds=5)
+    terminal = frozenset(TERMINAL)
+    first = leases.begin(execution_id, 0, status_key(execution_id), stop_key(execution_id),
+                         terminal)
+    assert first.lease is not None
+    leases.release(first.lease)
+    client.script_flush()
+    second = leases.begin(execution_id, 0, status_key(execution_id), stop_key(execution_id),
+                          terminal)
+    assert second.lease is not None and second.lease.token == first.lease.token + 1
+    assert leases.holder(execution_id) == f"a:{second.lease.token}"
+    leases.release(second.lease)
+    assert leases.holder(execution_id) is None
