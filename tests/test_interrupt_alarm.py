@@ -140,7 +140,7 @@ def test_a_message_on_the_childs_channel_is_read_whole() -> None:
     script = PRELUDE + textwrap.dedent(f"""
         import socket
         from jarvis.runtime.child import ChildChannel
-        channel = ChildChannel(socket.socket(fileno={child.fileno()}))
+        channel = ChildChannel({child.fileno()})
         try:
             with Deadline(0.1, Late):
                 channel.receive()

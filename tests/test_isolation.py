@@ -187,7 +187,7 @@ def test_the_childs_channel_reads_frames_however_they_arrive() -> None:
     from jarvis.runtime.child import ChildChannel
 
     host, child_end = socket.socketpair()
-    sender, reader = Channel(host), ChildChannel(child_end)
+    sender, reader = Channel(host), ChildChannel(child_end.detach())
     big = os.urandom(3 << 20)  # many receives, more than the socket buffer holds
     frames = [({"op": "a", "n": 1}, b""), ({"op": "b", "text": "é"}, b"xyz"),
               ({"op": "c"}, big), ({"op": "d"}, b"")]

@@ -186,21 +186,41 @@ def test_the_child_runs_the_program_the_host_compiled() -> None:
 def test_the_zygote_warms_up_on_a_program_of_its_own_and_stays_single_threaded(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Before it forks, the zygote runs its own program through what a child runs, at
-    trace off and full, to completion; it starts no thread (a fork must copy none) and
-    what the runs made is collected."""
+    """Before it forks, the zygote runs its own program through what a child runs (the
+    child's `serve` itself), at trace off and full, to completion, without confining
+    itself; it starts no thread (a fork must copy none) and what the runs made is
+    collected."""
+    import resource
     import threading
 
-    from jarvis.runtime import zygote
+    from jarvis.runtime import child, tracebatch, zygote
 
     outcomes = record_runs(monkeypatch)
+    served: list[int] = []
+    serve = child.serve
+
+    def counting(*args: Any, **kwargs: Any) -> int:
+        served.append(serve(*args, **kwargs))
+        return served[-1]
+
+    monkeypatch.setattr(child, "serve", counting)
     threads = threading.active_count()
+    memory = resource.getrlimit(resource.RLIMIT_AS)
     zygote.warm_up(rounds=4)
     assert threading.active_count() == threads
     assert [level for level, _ in outcomes] == ["off", "full", "off", "full"]
     assert all(o.status == "completed" for _, o in outcomes), outcomes
     assert [o.outputs["ok"]["n"] for _, o in outcomes] == [6, 7, 8, 9]
     assert capsys.readouterr().err == ""  # no failure was logged
+    # Each round rehearsed the child's own path, to its end, and confined nothing here:
+    # no filter, the limits as they were, and the time limit's timer disarmed.
+    assert served == [0, 0, 0, 0]
+    status = Path("/proc/self/status").read_text()
+    assert "Seccomp:\t0" in status
+    assert resource.getrlimit(resource.RLIMIT_AS) == memory
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+    # Nothing of the warm-up program's is kept for a child to free (and so copy).
+    assert tracebatch._expr_sites == []
 
 
 def test_the_zygote_warms_up_on_the_programs_the_host_compiled(
@@ -444,6 +464,55 @@ def test_without_the_c_extension_forked_children_run_confined_and_timed(
     assert seen == ["2"], seen
     assert "libffi.so" in maps and "_process" not in maps  # ctypes, the fallback's
     assert (outcome_again.status, outcome_again.outputs) == ("completed", {"y": 2})
+
+
+def test_a_forked_childs_first_steps_are_taken_in_c(tmp_path: Path) -> None:
+    """`_process.enter_child`, what a child of the C loop does before any Python of its
+    own: it dies with its parent (PDEATHSIG, and exits at once if the parent it was
+    given is gone already), has its log as stdout and stderr and its channel as
+    descriptor 3, nothing else of its parent's open, its directory as working
+    directory, and SIGTERM unblocked."""
+    script = (
+        "import ctypes, json, os, signal, sys\n"
+        "from jarvis.runtime import _process\n"
+        "workdir = sys.argv[1]\n"
+        "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})\n"
+        "os.open(os.devnull, os.O_RDONLY)  # on 3 (the channel's number in the child)\n"
+        "log = os.open(os.path.join(workdir, 'log'), os.O_WRONLY | os.O_CREAT, 0o600)\n"
+        "extra = os.open(os.devnull, os.O_RDONLY)\n"
+        "read_end, channel = os.pipe()\n"
+        "results = []\n"
+        "for parent in (os.getpid(), 1):\n"
+        "    pid = os.fork()\n"
+        "    if pid == 0:\n"
+        "        _process.enter_child(parent, workdir, channel, log)\n"
+        "        death = ctypes.c_int()\n"
+        "        ctypes.CDLL(None).prctl(2, ctypes.byref(death), 0, 0, 0)\n"
+        "        closed = []\n"
+        "        for fd in (extra, channel, read_end, log):\n"
+        "            try:\n"
+        "                os.fstat(fd)\n"
+        "            except OSError:\n"
+        "                closed.append(fd)\n"
+        "        blocked = int(next(line for line in open('/proc/self/status')\n"
+        "                           if line.startswith('SigBlk:')).split()[1], 16)\n"
+        "        print('on the log', flush=True)\n"
+        "        os.write(3, json.dumps([os.getcwd(), death.value, closed,\n"
+        "                               bool(blocked & (1 << (signal.SIGTERM - 1)))]).encode())\n"
+        "        os._exit(0)\n"
+        "    results.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))\n"
+        "os.close(channel)\n"
+        "print(json.dumps([results, json.loads(os.read(read_end, 4096))]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True,
+                         text=True, timeout=60, check=True).stdout
+    import json
+
+    codes, (cwd, death, closed, blocked) = json.loads(out)
+    assert codes == [0, 1]  # the second child's "parent" (pid 1) is not its parent
+    assert cwd == str(tmp_path) and death == signal.SIGKILL and not blocked
+    assert len(closed) == 4  # every descriptor the parent opened, at its own number
+    assert (tmp_path / "log").read_text() == "on the log\n"
 
 
 def test_the_c_loop_speaks_the_zygote_protocol(tmp_path: Path) -> None:

@@ -15,6 +15,16 @@
  *                                   with `program`: classic BPF, a bytes-like object
  *                                   of whole `struct sock_filter` instructions
  *
+ *   enter_child(parent, workdir, channel_fd, log_fd)
+ *                                   what a child the zygote forked does before it
+ *                                   runs Python: dies with `parent` (PDEATHSIG,
+ *                                   then exits at once if `parent` is gone already),
+ *                                   points stdout and stderr at `log_fd`, moves the
+ *                                   channel to descriptor 3, closes every other
+ *                                   descriptor from 4 up, moves into `workdir` and
+ *                                   unblocks SIGTERM (its handler was installed,
+ *                                   blocked, by the zygote)
+ *
  *   trim_memory()                   malloc_trim(0) where the C library is glibc: the
  *                                   free memory of the heap goes back to the system
  *                                   (True if any did), so that a fork copies no page
@@ -65,6 +75,7 @@
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -115,6 +126,56 @@ load_filter(PyObject *module, PyObject *args)
     }
     PyBuffer_Release(&program);
     if (failed) {
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    Py_RETURN_NONE;
+}
+
+/* Close every descriptor from `first` up: close_range(2) where the kernel has it. */
+static void
+close_from(int first)
+{
+#ifdef SYS_close_range
+    if (syscall(SYS_close_range, (unsigned int)first, ~0U, 0U) == 0) {
+        return;
+    }
+#endif
+    long last = sysconf(_SC_OPEN_MAX);
+    for (long fd = first; fd < last; fd++) {
+        close((int)fd);
+    }
+}
+
+/* The forked child's first steps, as zygote.py's `Zygote._become_child` takes them in
+ * Python where this extension is not built: done here, they touch (and so copy) none
+ * of the zygote's Python objects. */
+static PyObject *
+enter_child(PyObject *module, PyObject *args)
+{
+    (void)module;
+    long parent;
+    const char *workdir;
+    int channel, log;
+    if (!PyArg_ParseTuple(args, "lsii:enter_child", &parent, &workdir, &channel, &log)) {
+        return NULL;
+    }
+    if (prctl(PR_SET_PDEATHSIG, (unsigned long)SIGKILL, 0UL, 0UL, 0UL) != 0) {
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    if ((long)getppid() != parent) {
+        _exit(1);  /* the parent died before the request took effect */
+    }
+    if (dup2(log, 1) < 0 || dup2(log, 2) < 0 || (channel != 3 && dup2(channel, 3) < 0)) {
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    close_from(4);  /* only stdin, the log and the channel stay open */
+    if (chdir(workdir) != 0) {
+        return PyErr_SetFromErrnoWithFilename(PyExc_OSError, workdir);
+    }
+    sigset_t term;
+    sigemptyset(&term);
+    sigaddset(&term, SIGTERM);
+    if (sigprocmask(SIG_UNBLOCK, &term, NULL) != 0) {
         return PyErr_SetFromErrno(PyExc_OSError);
     }
     Py_RETURN_NONE;
@@ -476,6 +537,9 @@ static PyMethodDef methods[] = {
     {"serve_zygote", serve_zygote, METH_VARARGS,
      "The zygote's request loop: (request id, directory, channel fd, log fd) in a forked "
      "child, None when the host went away."},
+    {"enter_child", enter_child, METH_VARARGS,
+     "A forked child's first steps: its parent-death signal, descriptors, directory and "
+     "SIGTERM unblocked."},
     {"trim_memory", trim_memory, METH_NOARGS,
      "malloc_trim(0) (glibc): give the heap's free memory back to the system."},
     {NULL, NULL, 0, NULL},

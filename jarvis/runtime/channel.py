@@ -25,12 +25,17 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
-_LENGTHS = struct.Struct(">II")
+from jarvis.runtime.effects_log import encode_value
+
+FRAME_LENGTHS = struct.Struct(">II")
+"""A frame's first bytes: its header's length and its blob's."""
 MAX_HEADER_BYTES = 64 << 20
 MAX_BLOB_BYTES = 256 << 20
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-"""What `json.dumps` with these options would make anew for every frame (in a forked
-child, each new encoder is pages of the zygote's touched, and so copied)."""
+encode_header: Callable[[dict[str, Any]], bytes] = encode_value
+"""A frame's header as UTF-8 JSON: the journal's encoder (the same options), whose C
+encoder is made once, where `json.dumps` or `JSONEncoder.encode` would make one (and
+run more Python) for every frame (in a forked child, every object made or touched is
+a page of the zygote's copied)."""
 
 
 class ChannelClosed(EOFError):
@@ -57,8 +62,8 @@ class Channel:
         self.send_behind(header, blob)
 
     def receive(self) -> tuple[dict[str, Any], bytes]:
-        prefix = self._read(_LENGTHS.size)
-        header_length, blob_length = _LENGTHS.unpack(prefix)
+        prefix = self._read(FRAME_LENGTHS.size)
+        header_length, blob_length = FRAME_LENGTHS.unpack(prefix)
         if header_length > MAX_HEADER_BYTES or blob_length > MAX_BLOB_BYTES:
             raise ChannelError(f"frame too large ({header_length} + {blob_length} bytes)")
         try:
@@ -84,9 +89,9 @@ class Channel:
         requests in order, and ends the run (killing the child) at a refused journal
         append, so a Book call sent behind the journal record of the effect before it
         is never performed unless that record was written."""
-        data = _ENCODER.encode(header).encode("utf-8")
+        data = encode_header(header)
         try:
-            self.sock.sendall(_LENGTHS.pack(len(data), len(blob)) + data + blob)
+            self.sock.sendall(FRAME_LENGTHS.pack(len(data), len(blob)) + data + blob)
         except (BrokenPipeError, ConnectionResetError) as exc:
             raise ChannelClosed(str(exc)) from exc
 

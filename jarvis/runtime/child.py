@@ -15,16 +15,21 @@ from __future__ import annotations
 import _signal  # type: ignore[import-not-found]  # signal's C functions: no enums
 import os
 import signal
-import socket
 import struct
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from jarvis.runtime.artifacts import StoredArtifact
-from jarvis.runtime.channel import Channel, ChannelClosed, RemoteError
+from jarvis.runtime.channel import (
+    FRAME_LENGTHS,
+    Channel,
+    ChannelClosed,
+    RemoteError,
+    encode_header,
+)
 from jarvis.runtime.confine import ProcessLimits, confine, set_death_signal
 from jarvis.runtime.errors import BookError
 from jarvis.runtime.interrupt import (
@@ -36,6 +41,9 @@ from jarvis.runtime.interrupt import (
     start_watchdog,
     use_alarm_clock,
 )
+from jarvis.runtime.machine import Machine, MachineLimits, Outcome, SnapshotPolicy
+from jarvis.runtime.program_bytes import decode_program
+from jarvis.runtime.trace import Tracer
 from jarvis.runtime.tracebatch import encode as encode_trace_batch
 
 _RECORD = struct.Struct(">I")
@@ -159,43 +167,36 @@ class ChildChannel(Channel):
     time limit or the stop grace fires (they come from SIGALRM, see interrupt.py's
     alarm clock, and would otherwise cut a message waiting in a system call in two).
 
-    It reads from the socket itself (`recv` into bytes it keeps), not through a
-    buffered file (`socket.makefile`): the same frames, with fewer objects made in a
-    child just forked (each one touches, and so copies, pages of the zygote's)."""
+    It reads and writes the socket's descriptor itself (`os.read` of what it needs,
+    `os.write`), with no socket object nor buffered file (`socket.makefile`): the same
+    frames, with fewer objects made or touched in a child just forked (each one
+    touches, and so copies, pages of the zygote's). A read asks for what the frame
+    still lacks, no more: three reads a frame with a blob rather than one, but no
+    buffer of 64 KB filled in part, joined and sliced (fresh pages, each a fault)."""
 
-    _CHUNK = 1 << 16
-
-    def __init__(self, sock: socket.socket) -> None:  # no super(): no makefile
-        self.sock = sock
+    def __init__(self, fd: int) -> None:  # no super(): no socket, no makefile
+        self.fd = fd
         self._unanswered = 0
-        self._pending = b""  # received, not read yet from `_offset` on
-        self._offset = 0
 
     def _read(self, count: int) -> bytes:
-        pending, offset = self._pending, self._offset
-        if len(pending) - offset >= count:
-            self._offset = offset + count
-            return pending[offset: offset + count]
-        chunks = [pending[offset:]]
-        have = len(chunks[0])
+        chunks: list[bytes] = []
+        have = 0
         while have < count:
             try:
-                chunk = self.sock.recv(max(count - have, self._CHUNK))
+                chunk = os.read(self.fd, count - have)
             except OSError as exc:  # ConnectionResetError among them
-                self._pending, self._offset = b"", 0
                 raise ChannelClosed(str(exc)) from exc
             if not chunk:  # what came of the frame is consumed, as by a file's read
-                self._pending, self._offset = b"", 0
                 raise ChannelClosed("the channel closed mid-frame" if have
                                     else "the channel closed")
+            if len(chunk) == count:
+                return chunk  # the common case: all of it at once
             chunks.append(chunk)
             have += len(chunk)
-        data = b"".join(chunks)
-        self._pending, self._offset = data, count
-        return data[:count]
+        return b"".join(chunks)
 
     def close(self) -> None:
-        self.sock.close()
+        os.close(self.fd)
 
     def receive(self) -> tuple[dict[str, Any], bytes]:
         hold_alarms()
@@ -205,9 +206,16 @@ class ChildChannel(Channel):
             release_alarms()
 
     def send_behind(self, header: dict[str, Any], blob: bytes = b"") -> None:
+        # Channel.send_behind's frame, written with os.write (until all of it is).
         hold_alarms()
         try:
-            super().send_behind(header, blob)
+            data = encode_header(header)
+            frame = memoryview(FRAME_LENGTHS.pack(len(data), len(blob)) + data + blob)
+            while frame:
+                try:
+                    frame = frame[os.write(self.fd, frame):]
+                except OSError as exc:  # BrokenPipeError, ConnectionResetError
+                    raise ChannelClosed(str(exc)) from exc
         finally:
             release_alarms()
 
@@ -216,7 +224,7 @@ _STOP = threading.Event()
 _GRACE_SECONDS = [2.0]
 
 
-def _on_term(signum: int, frame: object) -> None:
+def on_term(signum: int, frame: object) -> None:
     """SIGTERM: stop at the next effect (with a snapshot); after a grace, interrupt."""
     if _STOP.is_set():
         interrupt_main(Stopped)
@@ -225,15 +233,13 @@ def _on_term(signum: int, frame: object) -> None:
     interrupt_main_later(_GRACE_SECONDS[0], Stopped)
 
 
-def serve(channel: Channel) -> int:
-    """Run the one execution the host starts on `channel`."""
-    # Imported here: a spawned child waits for its start message as early as possible,
-    # and the imports are what it does while waiting in a pool (a forked child has
-    # them from the zygote).
-    from jarvis.runtime.machine import Machine, MachineLimits, Outcome, SnapshotPolicy
-    from jarvis.runtime.program_bytes import decode_program
-    from jarvis.runtime.trace import Tracer
+def serve(channel: Channel,
+          confine_with: Callable[[ProcessLimits], object] = confine) -> int:
+    """Run the one execution the host starts on `channel`.
 
+    `confine_with` is the zygote's to change, for its rehearsals alone (see
+    `zygote.warm_up`: the zygote runs this path, unconfined, before it forks, so that
+    its children find it warm); every child confines itself with `confine`."""
     if not use_alarm_clock():
         # No C extension for the alarm clock: the time limits' thread, started while
         # threads still can be (before the filter), and before the start message.
@@ -279,7 +285,7 @@ def serve(channel: Channel) -> int:
     )
     # Everything from here on runs the program: this is the one place where a child,
     # forked or spawned, confines itself before the program's code runs.
-    confine(ProcessLimits.from_start(limits))
+    confine_with(ProcessLimits.from_start(limits))
     if snapshot is not None:
         machine.restore(snapshot)
     else:
@@ -330,7 +336,7 @@ def become_child(parent: int) -> None:
     use_alarm_clock()  # before a stop can arrive: its grace is on that clock
     # `_signal` rather than `signal`: the same calls, without turning what they
     # return into enums (Python code that would cost a forked child copied pages).
-    _signal.signal(signal.SIGTERM, _on_term)
+    _signal.signal(signal.SIGTERM, on_term)
     # The parent starts a child with SIGTERM blocked: a stop sent while the child still
     # started (an interpreter importing, say) waited, and is handled from here on.
     _signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGTERM,))
@@ -340,7 +346,7 @@ def become_child(parent: int) -> None:
 
 def serve_fd(fd: int) -> int:
     """`serve` on the channel socket `fd`, which is closed afterwards."""
-    channel = ChildChannel(socket.socket(fileno=fd))
+    channel = ChildChannel(fd)
     try:
         return serve(channel)
     finally:

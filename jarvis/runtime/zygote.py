@@ -57,7 +57,7 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import Any, Final, NamedTuple, NoReturn
 
-from jarvis.runtime import child, confine
+from jarvis.runtime import child, confine, tracebatch
 from jarvis.runtime.interrupt import use_alarm_clock
 
 MAX_MESSAGE = 1 << 16
@@ -115,13 +115,16 @@ class Zygote:
         always inherits a fresh one."""
         sys.stdout.flush()
         sys.stderr.flush()
-        forked = process.serve_zygote(self.control.fileno(),
-                                      functools.partial(confine.user_tasks, 0.0),
+        # The loop is given the descriptor alone: no socket object of the zygote's is
+        # left to close it (a child's channel may take over its number).
+        control = self.control.detach()
+        forked = process.serve_zygote(control, functools.partial(confine.user_tasks, 0.0),
                                       confine.TASK_COUNT_SECONDS / 2)
         if forked is None:
+            os.close(control)
             return 0  # the host went away
         _request_id, workdir, channel_fd, log_fd = forked
-        self._become_child(workdir, channel_fd, log_fd)
+        self._become_child(workdir, channel_fd, log_fd, process)
 
     def _receive(self) -> bool:
         try:
@@ -165,23 +168,18 @@ class Zygote:
         self.pids[pid] = request_id
         self._send(f"forked {request_id} {pid}")
 
-    def _become_child(self, workdir: str, channel_fd: int, log_fd: int) -> NoReturn:
+    def _become_child(self, workdir: str, channel_fd: int, log_fd: int,
+                      process: ModuleType | None = None) -> NoReturn:
+        """The forked child: settle in, serve its one execution, exit. From the C loop
+        (`process`), its first steps are C's (`_process.enter_child`): the same steps,
+        without touching (and so copying) the zygote's Python objects; the signal
+        settings they rely on are the zygote's already (see `main`)."""
         code = 1
         try:
-            _signal.set_wakeup_fd(-1)
-            _signal.signal(signal.SIGCHLD, _signal.SIG_DFL)  # no enum made (see child.py)
-            child.become_child(self.pid)  # and a stop that waited, blocked, arrives
-            # The control socket, the selector's epoll and the wake-up pipe are closed by
-            # the closerange below (the control socket's fd may be 3, which the channel
-            # takes over; detached, its object never closes that number again).
-            self.control.detach()
-            os.dup2(log_fd, 1)
-            os.dup2(log_fd, 2)
-            if channel_fd != 3:
-                os.dup2(channel_fd, 3)
-            # Nothing of the zygote's stays open: only stdin, the log and the channel.
-            os.closerange(4, os.sysconf("SC_OPEN_MAX"))
-            os.chdir(workdir)
+            if process is not None:
+                process.enter_child(self.pid, workdir, channel_fd, log_fd)
+            else:
+                self._settle_in(workdir, channel_fd, log_fd)
             code = child.serve_fd(3)
         except BaseException:
             traceback.print_exc()
@@ -191,6 +189,23 @@ class Zygote:
                 sys.stderr.flush()
             finally:
                 os._exit(code)
+
+    def _settle_in(self, workdir: str, channel_fd: int, log_fd: int) -> None:
+        """`_process.enter_child`'s steps in Python, for the Python loop's children."""
+        _signal.set_wakeup_fd(-1)
+        _signal.signal(signal.SIGCHLD, _signal.SIG_DFL)  # no enum made (see child.py)
+        child.become_child(self.pid)  # and a stop that waited, blocked, arrives
+        # The control socket, the selector's epoll and the wake-up pipe are closed by
+        # the closerange below (the control socket's fd may be 3, which the channel
+        # takes over; detached, its object never closes that number again).
+        self.control.detach()
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        if channel_fd != 3:
+            os.dup2(channel_fd, 3)
+        # Nothing of the zygote's stays open: only stdin, the log and the channel.
+        os.closerange(4, os.sysconf("SC_OPEN_MAX"))
+        os.chdir(workdir)
 
     def _signal(self, request_id: int, signum: int) -> None:
         for pid, known in self.pids.items():
@@ -254,8 +269,10 @@ WARM_UP_ROUNDS = 24
 
 
 def warm_up(rounds: int = WARM_UP_ROUNDS, programs: Sequence[bytes] | None = None) -> None:
-    """Run what every child runs (the channel, the program's decoding, a Machine from
-    construction to outcome, at trace off and full) a few times here, in the zygote.
+    """Rehearse, a few times here in the zygote, what every child runs: `child.serve`
+    itself, from the start message to the outcome, at trace off and full, but for the
+    confinement. Each round is a socket pair, the host's end of which has sent the
+    start message and its answers ahead (`rehearsal_start`, `REHEARSAL_ANSWERS`).
 
     `programs` are `WARM_UP_PROGRAM` compiled at trace off and full and encoded (see
     program_bytes.py), as the host sends them (`warm_up_programs`): the zygote then
@@ -267,44 +284,61 @@ def warm_up(rounds: int = WARM_UP_ROUNDS, programs: Sequence[bytes] | None = Non
     rewrites the bytecode of each function on its first calls (specializing it), fills
     its method caches, builds lazy tables. Done here once, that work is shared with every
     child rather than redone (and its memory copied) in each: a child starts about
-    1.5 ms of CPU sooner. Nothing of it is a program's or an execution's: the program is
-    `WARM_UP_PROGRAM`, its effects stay in memory, and what it created is collected
-    before the zygote freezes its heap and forks. A failure is only logged.
+    1.5 ms of CPU sooner. The rehearsal covers the child's own code too (its channel on
+    a bare descriptor, its requests, its outcome), whose classes and functions the
+    children alone would otherwise run. Nothing of it is a program's or an execution's:
+    the program is `WARM_UP_PROGRAM`, what it asks of its host stays unread in the
+    socket, and what it created is collected before the zygote freezes its heap and
+    forks. A failure is only logged.
     """
-    from jarvis.runtime.books import BookRegistry
     from jarvis.runtime.channel import Channel
-    from jarvis.runtime.effects_log import MemoryEffects
-    from jarvis.runtime.machine import Machine, MachineLimits, SnapshotPolicy
-    from jarvis.runtime.program_bytes import decode_program
-    from jarvis.runtime.sinks import NullSink
-    from jarvis.runtime.trace import Tracer
 
     try:
         blobs = list(programs) if programs is not None else warm_up_programs()
-        ends = socket.socketpair()
-        host, child_end = Channel(ends[0]), Channel(ends[1])
-        try:
-            for round_ in range(rounds):
+        for round_ in range(rounds):
+            ends = socket.socketpair()
+            host = Channel(ends[0])
+            try:
+                # Non-blocking: an answer missing fails the round rather than hang it.
+                ends[1].setblocking(False)
                 blob = blobs[round_ % len(blobs)]
-                host.send({"op": "start", "inputs": {"n": round_}}, blob)
-                start, data = child_end.receive()
-                program = decode_program(data)
-                tracer = Tracer("warm-up", program.trace_sites, NullSink())
-                machine = Machine(program, execution_id="warm-up", inputs=start["inputs"],
-                                  books=BookRegistry(), effects=MemoryEffects(),
-                                  tracer=tracer, policy=SnapshotPolicy(),
-                                  limits=MachineLimits())
-                machine.start_fresh()
-                outcome = machine.run()
-                child_end.send({"op": "outcome", "status": outcome.status,
-                                "outputs": outcome.outputs})
-                host.receive()
-        finally:
-            host.close()
-            child_end.close()
+                host.send(rehearsal_start(len(blob), {"n": round_}), blob)
+                for _ in range(REHEARSAL_ANSWERS):
+                    host.send_behind({"ok": True})
+                child.serve(child.ChildChannel(ends[1].fileno()), confine_with=_unconfined)
+            finally:
+                host.close()
+                ends[1].close()
     except Exception:  # an optimization: the zygote serves without it
         traceback.print_exc()
+    tracebatch.forget_sites()  # the warm-up program's: no child is to free them
     gc.collect()
+
+
+REHEARSAL_ANSWERS = 64
+"""The host's answers sent ahead of a rehearsal (`ok` to each request sent ahead: the
+warm-up program's trace batches at trace full); more than it asks for."""
+
+
+def rehearsal_start(program_length: int, inputs: dict[str, Any]) -> dict[str, Any]:
+    """A start message as a host sends one (jarvis/runtime/execution.py), for the
+    zygote's rehearsals: default limits, and a time limit (its clock is warmed too;
+    the Deadline is left, and the timer disarmed, before the run ends)."""
+    return {
+        "op": "start", "execution_id": "warm-up", "program_length": program_length,
+        "inputs": inputs, "journal_first": 0, "snapshot_length": 0, "last_delivered": 0,
+        "snapshot_every_effects": 100, "snapshot_every_seconds": 5.0,
+        "limits": {
+            "max_steps": None, "max_trace_events": None, "max_seconds": 3600.0,
+            "max_recursion_depth": 200, "max_book_calls": 1000,
+            "max_output_bytes": 1 << 20, "max_artifact_bytes": 16 << 20,
+            "max_snapshot_bytes": None, "max_memory_bytes": 1 << 30, "cpu_seconds": 60,
+        },
+    }
+
+
+def _unconfined(limits: confine.ProcessLimits) -> None:
+    """A rehearsal's confinement: none (the zygote is not to be confined)."""
 
 
 def warm_up_programs() -> list[bytes]:
@@ -394,8 +428,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # ends the zygote by closing its socket (or SIGKILL), never by SIGTERM.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     # The children's clock for their time limits, made once here (the zygote itself
-    # arms no timer: it never runs a Deadline).
+    # arms no timer: it never runs a Deadline), and their stop handler: SIGTERM stays
+    # blocked here, and a child unblocks it (`child.become_child`, or in C). SIGINT is
+    # ignored here and so in every child.
     use_alarm_clock()
+    _signal.signal(signal.SIGTERM, child.on_term)  # (no enum made, see child.py)
     control = socket.socket(fileno=int(args[0]))
     first = receive_warm_up(control)
     if first is None:
