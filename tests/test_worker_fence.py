@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 import pytest
+from fsync_counter import count_fsyncs
 
 from jarvis.runtime.statedir import StateError, write_file_atomically
 from jarvis.worker.leases import Fence, Lease, Leases, read_fence
@@ -40,14 +40,7 @@ def test_anything_else_is_a_state_error(tmp_path: Path, text: bytes) -> None:
 @pytest.mark.parametrize("fsync", [True, False])
 def test_a_claim_is_fsynced_as_the_journal_is(tmp_path: Path, fsync: bool,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    synced: list[int] = []
-    real_fsync = os.fsync
-
-    def counting(fd: int) -> None:
-        synced.append(fd)
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", counting)
+    synced = count_fsyncs(monkeypatch)
     lease = Lease("e-1", "w", 7, time.monotonic() + 60)
     Fence(tmp_path, lease, Leases(_NoRedis(), "w", 60), fsync=fsync).claim()
     assert read_fence(tmp_path) == 7
