@@ -119,7 +119,10 @@ class StatusReader:
             if message is None or message.error() is not None:
                 continue
             now = time.perf_counter()
-            event = json.loads(message.value())
+            value = message.value()
+            if value is None:  # not a status event (the worker always sends a body)
+                continue
+            event = json.loads(value)
             with self.lock:
                 self.arrived.setdefault((event["execution_id"], event["status"]), now)
                 if event["status"] in ("completed", "failed"):

@@ -44,7 +44,7 @@ FLUSH_POLL_SECONDS = 0.002
 class Producer(Protocol):
     """The part of confluent_kafka.Producer this module uses."""
 
-    def produce(self, topic: str, value: bytes, key: bytes,
+    def produce(self, topic: str, value: bytes, key: bytes, *,
                 on_delivery: Callable[[Any, Any], None]) -> None: ...
 
     def poll(self, timeout: float) -> int: ...
