@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -229,7 +230,6 @@ def test_the_zygote_warms_up_on_the_programs_the_host_compiled(
     """The host compiles the warm-up program and builds the children's filter, and
     sends both as the zygote's first message; what arrives is what was sent (with a
     filter or without), and the zygote runs the programs to completion."""
-    import socket
 
     from jarvis.runtime import confine, zygote
 
@@ -293,7 +293,6 @@ def test_the_zygote_imports_no_compiler_pipeline_nor_libseccomp() -> None:
     with the host's filter template, the warm-up on the host's programs), is what its
     children need: none of `NEVER_IMPORTED`. (Without the C extension it would import
     ctypes: the fallback's.)"""
-    import socket
 
     from jarvis.runtime import confine, zygote
 
@@ -359,13 +358,38 @@ def test_a_forked_child_starts_no_thread_for_its_time_limits(forks: ForkServer) 
         child.close()
 
 
+def start_c_loop(script: str) -> tuple[socket.socket, subprocess.Popen[str]]:
+    """`script` (which serves its first argument, a descriptor, with the C loop) in a
+    process of its own; the host's end of its SEQPACKET socket, and the process."""
+    host, zygote_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    process = subprocess.Popen([sys.executable, "-c", script, str(zygote_end.fileno())],
+                               pass_fds=(zygote_end.fileno(),), stdout=subprocess.PIPE,
+                               text=True)
+    zygote_end.close()
+    host.settimeout(30)
+    return host, process
+
+
+def ask_fork(host: socket.socket, request_id: int, workdir: str,
+             log_path: Path) -> tuple[socket.socket, int]:
+    """Ask the loop for a child (with a channel and a log at `log_path`): our end of
+    its channel, and its pid."""
+    ours, theirs = socket.socketpair()
+    with open(log_path, "wb") as log:
+        socket.send_fds(host, [f"fork {request_id} {workdir}".encode()],
+                        [theirs.fileno(), log.fileno()])
+    theirs.close()
+    op, word, pid = host.recv(100).decode().split(" ")
+    assert (op, word) == ("forked", str(request_id))
+    return ours, int(pid)
+
+
 def test_the_zygote_forks_alone_where_the_c_extension_is_built(tmp_path: Path) -> None:
     """With `_process` built, the zygote's C loop forks with fork(2) alone: the child
     skips the at-fork functions modules registered (threading's among them), and still
     has a sound interpreter: its one thread is the main thread, locks and events work,
     and it exits with the code it chose. A process with a second thread is refused."""
     import json
-    import socket
 
     script = (
         "import json, os, sys, threading\n"
@@ -390,19 +414,9 @@ def test_the_zygote_forks_alone_where_the_c_extension_is_built(tmp_path: Path) -
         "os.write(channel, json.dumps([hooks, main, event.is_set(), os.getpid()]).encode())\n"
         "os._exit(7)\n"
     )
-    host, zygote_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    process = subprocess.Popen([sys.executable, "-c", script, str(zygote_end.fileno())],
-                               pass_fds=(zygote_end.fileno(),), stdout=subprocess.PIPE,
-                               text=True)
-    zygote_end.close()
-    host.settimeout(30)
+    host, process = start_c_loop(script)
     try:
-        ours, theirs = socket.socketpair()
-        with open(tmp_path / "log", "wb") as log:
-            socket.send_fds(host, [f"fork 1 {tmp_path}".encode()],
-                            [theirs.fileno(), log.fileno()])
-        theirs.close()
-        _, _, pid = host.recv(100).decode().split(" ")
+        ours, pid = ask_fork(host, 1, str(tmp_path), tmp_path / "log")
         with ours:
             hooks, main, is_set, child_pid = json.loads(ours.recv(4096))
         code = int(host.recv(100).decode().split(" ")[2])
@@ -410,7 +424,7 @@ def test_the_zygote_forks_alone_where_the_c_extension_is_built(tmp_path: Path) -
         host.close()
     refused, _ = process.communicate(timeout=30)
     assert hooks == [], "an at-fork function ran in the child"
-    assert main and is_set and child_pid == int(pid) and code == 7
+    assert main and is_set and child_pid == pid and code == 7
     assert refused.strip() == "a zygote has one thread, not 2"
 
 
@@ -522,7 +536,6 @@ def test_the_c_loop_speaks_the_zygote_protocol(tmp_path: Path) -> None:
     interval, reports each fork and each exit, passes signals on, ignores what it
     cannot parse, and returns None once the host has gone."""
     import json
-    import socket
 
     from jarvis.runtime import confine
 
@@ -541,22 +554,10 @@ def test_the_c_loop_speaks_the_zygote_protocol(tmp_path: Path) -> None:
         "    os.read(channel, 1)  # until killed\n"
         "os._exit(5)\n"
     )
-    host, zygote_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    process = subprocess.Popen([sys.executable, "-c", script, str(zygote_end.fileno())],
-                               pass_fds=(zygote_end.fileno(),), stdout=subprocess.PIPE,
-                               text=True)
-    zygote_end.close()
-    host.settimeout(30)
+    host, process = start_c_loop(script)
 
     def fork(request_id: int, workdir: str) -> tuple[socket.socket, int]:
-        ours, theirs = socket.socketpair()
-        with open(tmp_path / f"log{request_id}", "wb") as log:
-            socket.send_fds(host, [f"fork {request_id} {workdir}".encode()],
-                            [theirs.fileno(), log.fileno()])
-        theirs.close()
-        op, word, pid = host.recv(100).decode().split(" ")
-        assert (op, word) == ("forked", str(request_id))
-        return ours, int(pid)
+        return ask_fork(host, request_id, workdir, tmp_path / f"log{request_id}")
 
     try:
         first, _ = fork(1, "/a dir/with spaces")

@@ -27,15 +27,20 @@ from typing import Any
 
 from jarvis.runtime.effects_log import encode_value
 
-FRAME_LENGTHS = struct.Struct(">II")
+_LENGTHS = struct.Struct(">II")
 """A frame's first bytes: its header's length and its blob's."""
 MAX_HEADER_BYTES = 64 << 20
 MAX_BLOB_BYTES = 256 << 20
-encode_header: Callable[[dict[str, Any]], bytes] = encode_value
-"""A frame's header as UTF-8 JSON: the journal's encoder (the same options), whose C
-encoder is made once, where `json.dumps` or `JSONEncoder.encode` would make one (and
-run more Python) for every frame (in a forked child, every object made or touched is
-a page of the zygote's copied)."""
+
+
+def _frame(header: dict[str, Any], blob: bytes) -> bytes:
+    """One frame: the lengths, the header as UTF-8 JSON, the blob. The header goes through
+    the journal's encoder (the same options), whose C encoder is made once, where
+    `json.dumps` or `JSONEncoder.encode` would make one (and run more Python) for every
+    frame (in a forked child, every object made or touched is a page of the zygote's
+    copied)."""
+    data = encode_value(header)
+    return _LENGTHS.pack(len(data), len(blob)) + data + blob
 
 
 class ChannelClosed(EOFError):
@@ -62,8 +67,8 @@ class Channel:
         self.send_behind(header, blob)
 
     def receive(self) -> tuple[dict[str, Any], bytes]:
-        prefix = self._read(FRAME_LENGTHS.size)
-        header_length, blob_length = FRAME_LENGTHS.unpack(prefix)
+        prefix = self._read(_LENGTHS.size)
+        header_length, blob_length = _LENGTHS.unpack(prefix)
         if header_length > MAX_HEADER_BYTES or blob_length > MAX_BLOB_BYTES:
             raise ChannelError(f"frame too large ({header_length} + {blob_length} bytes)")
         try:
@@ -89,9 +94,11 @@ class Channel:
         requests in order, and ends the run (killing the child) at a refused journal
         append, so a Book call sent behind the journal record of the effect before it
         is never performed unless that record was written."""
-        data = encode_header(header)
+        self._write(_frame(header, blob))
+
+    def _write(self, frame: bytes) -> None:
         try:
-            self.sock.sendall(FRAME_LENGTHS.pack(len(data), len(blob)) + data + blob)
+            self.sock.sendall(frame)
         except (BrokenPipeError, ConnectionResetError) as exc:
             raise ChannelClosed(str(exc)) from exc
 

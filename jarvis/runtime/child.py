@@ -23,13 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from jarvis.runtime.artifacts import StoredArtifact
-from jarvis.runtime.channel import (
-    FRAME_LENGTHS,
-    Channel,
-    ChannelClosed,
-    RemoteError,
-    encode_header,
-)
+from jarvis.runtime.channel import Channel, ChannelClosed, RemoteError
 from jarvis.runtime.confine import ProcessLimits, confine, set_death_signal
 from jarvis.runtime.errors import BookError
 from jarvis.runtime.interrupt import (
@@ -62,6 +56,36 @@ def split_records(blob: bytes) -> list[bytes]:
 
 def pack_records(records: Sequence[bytes]) -> bytes:
     return b"".join(_RECORD.pack(len(r)) + r for r in records)
+
+
+SENT_LIMITS = (
+    "max_steps", "max_trace_events", "max_seconds", "max_recursion_depth",
+    "max_book_calls", "max_output_bytes", "max_artifact_bytes", "max_snapshot_bytes",
+    # The child's own process limits (jarvis/runtime/confine.py).
+    "max_memory_bytes", "cpu_seconds",
+)
+"""The limits of an execution its start message carries."""
+
+
+def sent_limits(limits: object) -> dict[str, Any]:
+    """`SENT_LIMITS` of `limits` (the settings' `Limits`), as a start message has them."""
+    return {name: getattr(limits, name) for name in SENT_LIMITS}
+
+
+def start_message(execution_id: str, program_length: int, inputs: Any,
+                  limits: dict[str, Any], *, snapshot_every_effects: int,
+                  snapshot_every_seconds: float, journal_first: int = 0,
+                  snapshot_length: int = 0, last_delivered: int = 0) -> dict[str, Any]:
+    """The host's first message to a child (`serve` reads it), sent with the program's
+    bytes, then the snapshot's (`snapshot_length` of them), then the journal's records
+    from `journal_first` on (`pack_records`)."""
+    return {
+        "op": "start", "execution_id": execution_id, "program_length": program_length,
+        "inputs": inputs, "journal_first": journal_first,
+        "snapshot_length": snapshot_length, "last_delivered": last_delivered,
+        "snapshot_every_effects": snapshot_every_effects,
+        "snapshot_every_seconds": snapshot_every_seconds, "limits": limits,
+    }
 
 
 class ChannelJournal:
@@ -206,18 +230,20 @@ class ChildChannel(Channel):
             release_alarms()
 
     def send_behind(self, header: dict[str, Any], blob: bytes = b"") -> None:
-        # Channel.send_behind's frame, written with os.write (until all of it is).
         hold_alarms()
         try:
-            data = encode_header(header)
-            frame = memoryview(FRAME_LENGTHS.pack(len(data), len(blob)) + data + blob)
-            while frame:
-                try:
-                    frame = frame[os.write(self.fd, frame):]
-                except OSError as exc:  # BrokenPipeError, ConnectionResetError
-                    raise ChannelClosed(str(exc)) from exc
+            super().send_behind(header, blob)
         finally:
             release_alarms()
+
+    def _write(self, frame: bytes) -> None:
+        """`frame` written with os.write, until all of it is."""
+        rest = memoryview(frame)
+        while rest:
+            try:
+                rest = rest[os.write(self.fd, rest):]
+            except OSError as exc:  # BrokenPipeError, ConnectionResetError
+                raise ChannelClosed(str(exc)) from exc
 
 
 _STOP = threading.Event()

@@ -20,7 +20,7 @@ from jarvis.compiler.phases import COMPILER_VERSION
 from jarvis.runtime.artifacts import ArtifactStore, ExecutionArtifacts, LocalArtifactStore
 from jarvis.runtime.books import BookRegistry
 from jarvis.runtime.channel import RemoteError
-from jarvis.runtime.child import pack_records
+from jarvis.runtime.child import pack_records, sent_limits, start_message
 from jarvis.runtime.isolation import ChildPool, HostServices, run_in_child
 from jarvis.runtime.journal import Journal, JournalCorrupt
 from jarvis.runtime.machine import Machine, MachineLimits, Outcome, SnapshotPolicy
@@ -276,32 +276,13 @@ class Execution:
         else:
             self.report.resumed = journal.count > 0
         self.report.replayed_effects = len(tail)
-        limits = self.settings.limits
         program = encode_program(self.program)  # the child compiles nothing
-        start = {
-            "op": "start",
-            "execution_id": self.execution_id,
-            "program_length": len(program),
-            "inputs": inputs,
-            "journal_first": first,
-            "snapshot_length": len(snapshot),
-            "last_delivered": sink.last_delivered,
-            "snapshot_every_effects": self.settings.snapshot_every_effects,
-            "snapshot_every_seconds": self.settings.snapshot_every_seconds,
-            "limits": {
-                "max_steps": limits.max_steps,
-                "max_trace_events": limits.max_trace_events,
-                "max_seconds": limits.max_seconds,
-                "max_recursion_depth": limits.max_recursion_depth,
-                "max_book_calls": limits.max_book_calls,
-                "max_output_bytes": limits.max_output_bytes,
-                "max_artifact_bytes": limits.max_artifact_bytes,
-                "max_snapshot_bytes": limits.max_snapshot_bytes,
-                # The child's own process limits (jarvis/runtime/confine.py).
-                "max_memory_bytes": limits.max_memory_bytes,
-                "cpu_seconds": limits.cpu_seconds,
-            },
-        }
+        start = start_message(
+            self.execution_id, len(program), inputs, sent_limits(self.settings.limits),
+            journal_first=first, snapshot_length=len(snapshot),
+            last_delivered=sink.last_delivered,
+            snapshot_every_effects=self.settings.snapshot_every_effects,
+            snapshot_every_seconds=self.settings.snapshot_every_seconds)
         child = pool.take()
         try:
             return run_in_child(child, start, program + snapshot + pack_records(tail),

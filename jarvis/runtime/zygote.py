@@ -272,7 +272,7 @@ def warm_up(rounds: int = WARM_UP_ROUNDS, programs: Sequence[bytes] | None = Non
     """Rehearse, a few times here in the zygote, what every child runs: `child.serve`
     itself, from the start message to the outcome, at trace off and full, but for the
     confinement. Each round is a socket pair, the host's end of which has sent the
-    start message and its answers ahead (`rehearsal_start`, `REHEARSAL_ANSWERS`).
+    start message and its answers ahead (`REHEARSAL_LIMITS`, `REHEARSAL_ANSWERS`).
 
     `programs` are `WARM_UP_PROGRAM` compiled at trace off and full and encoded (see
     program_bytes.py), as the host sends them (`warm_up_programs`): the zygote then
@@ -302,7 +302,9 @@ def warm_up(rounds: int = WARM_UP_ROUNDS, programs: Sequence[bytes] | None = Non
                 # Non-blocking: an answer missing fails the round rather than hang it.
                 ends[1].setblocking(False)
                 blob = blobs[round_ % len(blobs)]
-                host.send(rehearsal_start(len(blob), {"n": round_}), blob)
+                host.send(child.start_message(
+                    "warm-up", len(blob), {"n": round_}, dict(REHEARSAL_LIMITS),
+                    snapshot_every_effects=100, snapshot_every_seconds=5.0), blob)
                 for _ in range(REHEARSAL_ANSWERS):
                     host.send_behind({"ok": True})
                 child.serve(child.ChildChannel(ends[1].fileno()), confine_with=_unconfined)
@@ -320,21 +322,15 @@ REHEARSAL_ANSWERS = 64
 warm-up program's trace batches at trace full); more than it asks for."""
 
 
-def rehearsal_start(program_length: int, inputs: dict[str, Any]) -> dict[str, Any]:
-    """A start message as a host sends one (jarvis/runtime/execution.py), for the
-    zygote's rehearsals: default limits, and a time limit (its clock is warmed too;
-    the Deadline is left, and the timer disarmed, before the run ends)."""
-    return {
-        "op": "start", "execution_id": "warm-up", "program_length": program_length,
-        "inputs": inputs, "journal_first": 0, "snapshot_length": 0, "last_delivered": 0,
-        "snapshot_every_effects": 100, "snapshot_every_seconds": 5.0,
-        "limits": {
-            "max_steps": None, "max_trace_events": None, "max_seconds": 3600.0,
-            "max_recursion_depth": 200, "max_book_calls": 1000,
-            "max_output_bytes": 1 << 20, "max_artifact_bytes": 16 << 20,
-            "max_snapshot_bytes": None, "max_memory_bytes": 1 << 30, "cpu_seconds": 60,
-        },
-    }
+REHEARSAL_LIMITS: Final = {
+    "max_steps": None, "max_trace_events": None, "max_seconds": 3600.0,
+    "max_recursion_depth": 200, "max_book_calls": 1000, "max_output_bytes": 1 << 20,
+    "max_artifact_bytes": 16 << 20, "max_snapshot_bytes": None,
+    "max_memory_bytes": 1 << 30, "cpu_seconds": 60,
+}
+"""The limits of a rehearsal's start (`child.SENT_LIMITS`): a time limit among them,
+so that its clock is warmed too (the Deadline is left, and the timer disarmed, before
+the run ends)."""
 
 
 def _unconfined(limits: confine.ProcessLimits) -> None:
@@ -424,13 +420,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)  # FD HOST_PID
     child.die_with_parent(int(args[1]))
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # Blocked here and so in every child until it has set its stop handler; the host
-    # ends the zygote by closing its socket (or SIGKILL), never by SIGTERM.
+    # Blocked here and so in every child until it unblocks it (`child.become_child`, or
+    # in C); the host ends the zygote by closing its socket (or SIGKILL), never by
+    # SIGTERM. SIGINT, ignored, is ignored in every child too.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-    # The children's clock for their time limits, made once here (the zygote itself
-    # arms no timer: it never runs a Deadline), and their stop handler: SIGTERM stays
-    # blocked here, and a child unblocks it (`child.become_child`, or in C). SIGINT is
-    # ignored here and so in every child.
+    # The children's clock for their time limits, made once here (the zygote arms its
+    # timer only in its rehearsals, see `warm_up`, and leaves it disarmed), and their
+    # stop handler.
     use_alarm_clock()
     _signal.signal(signal.SIGTERM, child.on_term)  # (no enum made, see child.py)
     control = socket.socket(fileno=int(args[0]))
