@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from jarvis.compiler import Compilation, CompileError, phases
+from jarvis.compiler import Compilation, CompileError, compile_program, phases
 
 SOURCE = """\
 from books import crm
@@ -79,3 +79,40 @@ def test_a_program_with_diagnostics_is_never_cached() -> None:
         assert not compilation.ok
         with pytest.raises(CompileError):
             compilation.program("off")
+
+
+def test_compile_program_finds_a_text_compiled_lately_without_loading_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The worker's way in: by (text, path, trace level), the text neither decoded nor
+    hashed again; another path, trace level or text is another program."""
+    source = b'output("ok", 1)\n# by text\n'
+    program = compile_program(source, "program.spy", "off")
+    loads = _count(monkeypatch, "load_source")
+    assert compile_program(source, "program.spy", "off") is program
+    assert compile_program(bytes(bytearray(source)), "program.spy", "off") is program
+    assert loads == []
+    assert compile_program(source, "program.spy", "full").trace_level == "full"
+    assert compile_program(source, "other.spy", "off") is not program
+    assert compile_program(b'output("ok", 2)\n# by text\n', "program.spy", "off") \
+        is not program
+    assert len(loads) == 3
+
+
+def test_compile_program_raises_on_diagnostics_and_keeps_nothing() -> None:
+    bad = b"x = (\n"
+    with pytest.raises(CompileError) as raised:
+        compile_program(bad, "bad.spy")
+    assert raised.value.diagnostics and raised.value.diagnostics[0].code.startswith("SPY")
+    assert not any(key[0] == bad for key in phases._BY_TEXT)
+
+
+def test_compile_program_keeps_as_many_programs_as_the_program_cache() -> None:
+    sources = [f'output("ok", {n})\n# bounded\n'.encode() for n in range(
+        phases._PROGRAM_CACHE_SIZE + 3)]
+    for source in sources:
+        compile_program(source, "bounded.spy")
+    assert len(phases._BY_TEXT) <= phases._PROGRAM_CACHE_SIZE
+    assert not any(key[0] == sources[0] for key in phases._BY_TEXT)  # the oldest went
+    assert compile_program(sources[-1], "bounded.spy") is phases._BY_TEXT[
+        (sources[-1], "bounded.spy", "off")]

@@ -46,14 +46,17 @@ class ScriptedRedis:
 
 
 def runner_for(tmp_path: Path, redis: ScriptedRedis,
-               events: list[tuple[str, str, dict[str, Any]]]) -> Runner:
+               events: list[tuple[str, str, dict[str, Any]]],
+               program: bytes | None = None) -> Runner:
     settings = WorkerSettings(state_dir=tmp_path / "state")
 
     def publish(execution_id: str, status: str, **fields: Any) -> None:
         events.append((execution_id, status, fields))
 
     def load_program(command: Any) -> tuple[bytes, str]:
-        raise AssertionError("a duplicate loads no program")
+        if program is None:
+            raise AssertionError("a duplicate loads no program")
+        return program, "program.spy"
 
     return Runner(settings, "w1", redis, None, BookRegistry(), pool=None,  # type: ignore[arg-type]
                   publish=publish, load_program=load_program, finished=lambda run: None)
@@ -92,3 +95,19 @@ def test_a_start_of_an_execution_only_its_state_records_as_ended_is_a_duplicate(
     assert redis.begun == ["jarvis:lease:gone"]
     assert "jarvis:lease:gone" not in redis.values  # the lease it took is released
     assert not (tmp_path / "state" / "executions" / "gone" / "fence").exists()
+
+
+def test_a_start_whose_program_does_not_compile_fails_with_its_first_diagnostic(
+        tmp_path: Path) -> None:
+    """(Not a duplicate: the other way a start ends before any child runs.)"""
+    redis = ScriptedRedis()
+    events: list[tuple[str, str, dict[str, Any]]] = []
+    runner = runner_for(tmp_path, redis, events, program=b"x = (\n")
+
+    assert runner._attempts(start_run("bad")) == "failed"
+    [(execution_id, status, fields)] = events
+    error = fields["error"]
+    assert (execution_id, status) == ("bad", "failed")
+    assert error["type"].startswith("SPY") and error["line"] == 1 and error["message"]
+    recorded = ExecutionDir(tmp_path / "state", "bad").read_status()
+    assert recorded["status"] == "failed" and recorded["error"] == error

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from jarvis.compiler.diagnostics import RULES, CompileError, Diagnostic, Rule
-    from jarvis.compiler.phases import Analysis, Compilation
+    from jarvis.compiler.phases import Analysis, Compilation, compile_program
     from jarvis.compiler.resolve import BookCall
     from jarvis.compiler.source import Source, load_source
 
@@ -30,6 +30,7 @@ __all__ = [
     "Diagnostic",
     "Rule",
     "Source",
+    "compile_program",
     "load_source",
 ]
 
@@ -42,6 +43,7 @@ _HOMES = {
     "Diagnostic": "diagnostics",
     "Rule": "diagnostics",
     "Source": "source",
+    "compile_program": "phases",
     "load_source": "source",
 }
 """The module of this package that defines each public name."""

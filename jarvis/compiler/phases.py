@@ -27,7 +27,7 @@ import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import TypeVar
 
 from jarvis import __version__
 from jarvis.compiler.bounds import bound_operations
@@ -48,8 +48,14 @@ from jarvis.compiler.validate import book_imports, validate
 COMPILER_VERSION = f"jarvis {__version__} spy{LANGUAGE_VERSION}"
 """Snapshots record it: a continuation is only valid for the compiler that made it."""
 
+K = TypeVar("K")
+V = TypeVar("V")
+
 _PROGRAM_CACHE: dict[str, CompiledProgram] = {}
 _PROGRAM_CACHE_SIZE = 64
+_BY_TEXT: dict[tuple[bytes | str, str, str], CompiledProgram] = {}
+"""Programs by (the text as given, path, trace level): `compile_program`'s first look,
+before the text is decoded and hashed for the program cache (as many as it holds)."""
 _CLEAN: dict[str, None] = {}
 """Sources (by `_source_key`) known to compile without diagnostics, oldest first."""
 _CLEAN_SIZE = 1024
@@ -69,7 +75,7 @@ def program_digest(source: Source, trace: TraceLevel) -> str:
     ).hexdigest()
 
 
-def _remember(table: dict[str, Any], key: str, value: Any, size: int) -> None:
+def _remember(table: dict[K, V], key: K, value: V, size: int) -> None:
     if len(table) >= size:
         table.pop(next(iter(table)), None)
     table[key] = value
@@ -253,6 +259,20 @@ class Compilation:
         )
         _remember(_PROGRAM_CACHE, digest, program, _PROGRAM_CACHE_SIZE)
         return program
+
+
+def compile_program(data: bytes | str, path: str = "<string>",
+                    trace: TraceLevel = "off") -> CompiledProgram:
+    """`Compilation.of(data, path).program(trace)` (CompileError on diagnostics), found
+    by the text itself when it was compiled lately: what a caller that compiles the
+    same few programs again and again (a worker, for every start) asks for, without
+    decoding, checking and hashing the text each time."""
+    key = (data, path, trace)
+    program = _BY_TEXT.get(key)
+    if program is None:
+        program = Compilation.of(data, path).program(trace)
+        _remember(_BY_TEXT, key, program, _PROGRAM_CACHE_SIZE)
+    return program
 
 
 @contextlib.contextmanager

@@ -19,6 +19,7 @@ no key verifies, raises `JournalCorrupt`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hmac
 import mmap
 import os
@@ -179,12 +180,8 @@ class Journal:
         self.dropped_tail_bytes = dropped_tail_bytes
         # None: a journal opened `lazy` that has no record yet, and so no file.
         self._fd = fd
-        self._header = b""
         self._id = execution_id.encode("ascii")
-        # One per key: keys[0] signs new records; any of them verifies a record. Made
-        # when first needed (a run that journals nothing never needs them).
         self._keys = keys
-        self._prepared: tuple[_Signer, ...] | None = None
         self._fsync = fsync
         self._guard = guard
         self._offsets = offsets
@@ -195,11 +192,11 @@ class Journal:
         self._closed = False
         self._broken: str | None = None
 
-    @property
+    @functools.cached_property
     def _signers(self) -> tuple[_Signer, ...]:
-        if self._prepared is None:
-            self._prepared = _signers(self._keys, self._id)
-        return self._prepared
+        """One per key: keys[0] signs new records; any of them verifies a record. Made
+        when first needed (a run that journals nothing never needs them)."""
+        return _signers(self._keys, self._id)
 
     # -- opening --------------------------------------------------------------------
 
@@ -236,11 +233,9 @@ class Journal:
         base = start[0] if start is not None else 0
         missing = not path.exists()
         if missing and lazy and start is None:
-            journal = cls(path=path, fd=None, keys=checked_keys, execution_id=execution_id,
-                          fsync=fsync, guard=guard, offsets=array("Q"), end=len(header),
-                          dropped_tail_bytes=0, base=base)
-            journal._header = header
-            return journal
+            return cls(path=path, fd=None, keys=checked_keys, execution_id=execution_id,
+                       fsync=fsync, guard=guard, offsets=array("Q"), end=len(header),
+                       dropped_tail_bytes=0, base=base)
         created = cls._create(path, header, fsync, guard) if missing else None
         if created is not None and start is None:  # just written: nothing to check
             return cls(path=path, fd=created, keys=checked_keys, execution_id=execution_id,
@@ -416,7 +411,8 @@ class Journal:
 
     def _create_lazily(self) -> int:
         """The file of a journal opened `lazy`, created now, at its first record."""
-        fd = self._create(self.path, self._header, self._fsync, None)  # guarded: append
+        header = encode_header(self.execution_id)
+        fd = self._create(self.path, header, self._fsync, None)  # guarded: append
         if fd is None:
             self._broken = "the journal was created by another writer meanwhile"
             raise JournalError(f"{self.path}: {self._broken}")

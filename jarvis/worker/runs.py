@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
-from jarvis.compiler import Compilation
+from jarvis.compiler import CompileError, compile_program
 from jarvis.runtime.artifacts import offload_outputs
 from jarvis.runtime.books import Book, BookRegistry
 from jarvis.runtime.execution import Execution, RecordedStatus, error_record
@@ -41,7 +41,6 @@ from jarvis.worker.leases import Beginning, Fence, FencedOff, Lease, Leases, rea
 from jarvis.worker.logs import KafkaLogSink
 from jarvis.worker.messages import effective_limits
 from jarvis.worker.metrics import WorkerMetrics
-from jarvis.worker.programs import CompiledPrograms
 from jarvis.worker.retry import Backoff, is_transient
 from jarvis.worker.stops import StopRequests, stop_key
 
@@ -177,7 +176,6 @@ class Runner:
         self.pool = pool
         self.publish = publish
         self.load_program = load_program
-        self.compiled = CompiledPrograms()
         self.finished = finished
         self.metrics = metrics or WorkerMetrics()
         self.leases = Leases(redis, worker_id, settings.redis.lease_seconds)
@@ -322,20 +320,17 @@ class Runner:
         command = run.command
         source, path = self.load_program(command)
         trace = command.trace or self.settings.trace_level
-        program = self.compiled.get(source, path, trace)
-        if program is None:
-            compilation = Compilation.of(source, path)
-            if not compilation.ok:
-                first = compilation.diagnostics[0]
-                error = {"type": first.code, "message": first.message,
-                         "line": first.line, "col": first.col}
-                fence.guard()
-                directory.write_status({"status": "failed", "error": error})
-                self.publish(execution_id, "failed", attempt=lease.token, error=error)
-                self._remember(run, "failed", lease)
-                return "failed"
-            program = compilation.program(trace)
-            self.compiled.put(source, path, trace, program)
+        try:
+            program = compile_program(source, path, trace)
+        except CompileError as exc:
+            first = exc.diagnostics[0]
+            error = {"type": first.code, "message": first.message,
+                     "line": first.line, "col": first.col}
+            fence.guard()
+            directory.write_status({"status": "failed", "error": error})
+            self.publish(execution_id, "failed", attempt=lease.token, error=error)
+            self._remember(run, "failed", lease)
+            return "failed"
         # Started before: a status.json that does not say it ended (running, suspended),
         # written before the execution's first journal record or snapshot.
         resumed = recorded is not None and recorded.record is not None
