@@ -304,6 +304,15 @@ def test_the_filter_refuses_what_it_lists() -> None:
     assert done.stdout.strip() == str(errno.EPERM)
 
 
+def test_the_filter_is_a_binary_tree_of_call_numbers() -> None:
+    """Loading a filter, the kernel runs it for every call number to cache which are
+    always allowed: a tree of the numbers costs that a few comparisons each, where a
+    chain of the rules cost each allowed number every rule (0.12 ms a child)."""
+    import pyseccomp as seccomp
+
+    assert confine.build_filter().get_attr(seccomp.Attr.CTL_OPTIMIZE) == 2
+
+
 def test_a_forked_child_loads_the_filter_its_zygote_was_sent() -> None:
     """The host builds the filter once, as BPF for a placeholder pid, and sends it to
     the zygote, which loads neither libseccomp nor pyseccomp; each child it forks

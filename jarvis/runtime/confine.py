@@ -190,8 +190,8 @@ def set_rlimits(limits: ProcessLimits) -> dict[str, tuple[int, int]]:
         if current_hard != resource.RLIM_INFINITY:  # never above what is allowed now
             hard = min(hard, current_hard)
             soft = min(soft, hard)
-        resource.setrlimit(which, (soft, hard))
-        applied[name] = resource.getrlimit(which)
+        resource.setrlimit(which, (soft, hard))  # raises rather than set other limits
+        applied[name] = (soft, hard)
     return applied
 
 
@@ -441,6 +441,12 @@ def build_filter(pid: int | None = None) -> Any:
     target = os.getpid() if pid is None else pid
     rules += [(refuse, name, (arg(0, seccomp.NE, target),)) for name in PID_RULES]
     syscall_filter = seccomp.SyscallFilter(seccomp.ALLOW)
+    # A binary tree of the call numbers rather than a chain: on loading, the kernel runs
+    # the filter for every call number (to cache which are always allowed), so loading a
+    # chain of about 70 rules cost a child about 0.12 ms more. (libseccomp before 2.5
+    # builds the chain.)
+    with contextlib.suppress(AttributeError, OSError):
+        syscall_filter.set_attr(seccomp.Attr.CTL_OPTIMIZE, 2)
     _add_rules(syscall_filter, rules)
     return syscall_filter
 
