@@ -1,7 +1,9 @@
 # The two set-up commands of the README, and the pieces they are made of.
 # Everything installs into .venv/ in this checkout; nothing touches the system Python.
 
-PYTHON ?= python3
+# SPy's semantics are CPython 3.11's (docs/language.md): 3.12 already differs (its `sum`
+# of floats compensates rounding), so the interpreter must be a 3.11.
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || echo python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -9,6 +11,7 @@ STAMP := $(VENV)/.installed
 .PHONY: example test lint typecheck unit clean
 
 $(STAMP): pyproject.toml
+	@$(PYTHON) scripts/check_python.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
