@@ -5,7 +5,9 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import statistics
 import subprocess
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -62,6 +64,26 @@ def load_average() -> list[float] | None:
         return None
 
 
+SPEED_PROBE_ITERATIONS = 300_000
+SPEED_PROBE_ROUNDS = 5
+
+
+def speed_probe() -> float:
+    """CPU milliseconds of a fixed pure-Python loop, the median of a few rounds: the
+    same work in every run, so its time says how fast the machine ran then (this
+    virtual machine's speed drifts by tens of percent from hour to hour, and every
+    figure of a run drifts with it)."""
+    times = []
+    for _ in range(SPEED_PROBE_ROUNDS):
+        started = time.process_time()
+        total, table = 0, {}
+        for i in range(SPEED_PROBE_ITERATIONS):
+            total += i * i % 7
+            table[i & 255] = total
+        times.append((time.process_time() - started) * 1e3)
+    return round(statistics.median(times), 1)
+
+
 def describe() -> dict[str, Any]:
     return {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -71,6 +93,7 @@ def describe() -> dict[str, Any]:
             "memory_gib": _memory_gib(),
             "os": f"{platform.system()} {platform.release()}",
             "load_average_at_start": load_average(),
+            "speed_probe_ms_at_start": speed_probe(),
         },
         "versions": {
             "python": f"{platform.python_implementation()} {platform.python_version()}",

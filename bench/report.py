@@ -295,6 +295,17 @@ def markdown(results: dict[str, Any], intro: str) -> str:
     return "\n".join(parts)
 
 
+def _speed_line(start: float | None, end: float | None) -> list[str]:
+    """How fast the machine ran, by the fixed loop of `bench.environment.speed_probe`."""
+    if start is None:
+        return []
+    return [f"- Machine speed: a fixed pure-Python loop (`speed_probe` in "
+            f"bench/environment.py) took {start:g} ms of CPU at the start"
+            + (f" and {end:g} ms at the end" if end is not None else "")
+            + "; the same loop in another run says how much faster or slower the machine "
+            "was then, and every figure below moves with it."]
+
+
 def _run_section(results: dict[str, Any]) -> str:
     meta = results["meta"]
     machine = meta["machine"]
@@ -309,6 +320,7 @@ def _run_section(results: dict[str, Any]) -> str:
         f"{machine['memory_gib']} GiB, {machine['os']}"
         + (f"; load average {load[0]:g} at the start, "
            f"{meta.get('load_average_at_end', ['?'])[0]} at the end" if load else "") + ".",
+        *_speed_line(machine.get("speed_probe_ms_at_start"), meta.get("speed_probe_ms_at_end")),
         f"- Versions: {versions['python']}, Jarvis {versions['jarvis']}"
         + (f" ({versions['jarvis_commit']})" if versions.get("jarvis_commit") else "")
         + f", RestrictedPython {versions['RestrictedPython']}, pydantic-monty "

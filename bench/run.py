@@ -22,7 +22,7 @@ from typing import Any
 from bench import book_calls, channel, compile_cost, cpu, durability, worker
 from bench.baselines import MontyPool, MontyUnavailable
 from bench.config import Config
-from bench.environment import ROOT, describe, load_average
+from bench.environment import ROOT, describe, load_average, speed_probe
 from bench.report import DEFAULT_INTRO, MARKER, markdown, targets, targets_json
 
 SECTIONS = ("cpu", "books", "channel", "durability", "compile", "worker")
@@ -89,6 +89,7 @@ def run(config: Config, command: str) -> dict[str, Any]:
     meta["config"] = config.to_json()
     meta["duration_seconds"] = round(time.perf_counter() - config.started, 1)
     meta["load_average_at_end"] = load_average()
+    meta["speed_probe_ms_at_end"] = speed_probe()
     results["targets"] = targets_json(results)
     return results
 

@@ -62,6 +62,10 @@ def test_suite_runs_end_to_end(tmp_path: Path) -> None:
     page = (tmp_path / "performance.md").read_text()
     assert page.startswith("# Kept intro\n") and "old tables" not in page
     assert "not measured yet: needs the Kafka worker" in page
+    probe = (results["meta"]["machine"]["speed_probe_ms_at_start"],
+             results["meta"]["speed_probe_ms_at_end"])
+    assert all(ms > 0 for ms in probe)
+    assert f"took {probe[0]:g} ms of CPU at the start and {probe[1]:g} ms at the end" in page
     for heading in ("## Targets", "## CPU workloads", "## Trace volume", "## Book calls",
                     "## Durability", "## Compile"):
         assert heading in page
