@@ -190,7 +190,7 @@ def set_rlimits(limits: ProcessLimits) -> dict[str, tuple[int, int]]:
         if current_hard != resource.RLIM_INFINITY:  # never above what is allowed now
             hard = min(hard, current_hard)
             soft = min(soft, hard)
-        resource.setrlimit(which, (soft, hard))  # raises rather than set other limits
+        resource.setrlimit(which, (soft, hard))  # in force as given, or an error
         applied[name] = (soft, hard)
     return applied
 
