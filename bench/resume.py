@@ -97,23 +97,24 @@ class StoppedRun:
         self._tmp.cleanup()
 
     def row(self) -> dict[str, Any]:
-        times, resumed, resumed_cpu = self.times, self.resumed, self.resumed_cpu
         return {
             "book_calls": self.count,
             "first_run_seconds": round(self.run_seconds, 3),
             "snapshot_bytes": self.snapshot_bytes,
-            "resume_ms_median": round(statistics.median(times) * 1000, 3),
-            "resume_ms_min": round(min(times) * 1000, 3),
-            "resume_ms_max": round(max(times) * 1000, 3),
-            "resume_ms_runs": [round(t * 1000, 3) for t in times],
-            "resumed_ms_median": round(statistics.median(resumed) * 1000, 3),
-            "resumed_ms_min": round(min(resumed) * 1000, 3),
-            "resumed_ms_max": round(max(resumed) * 1000, 3),
-            "resumed_ms_runs": [round(t * 1000, 3) for t in resumed],
-            "resumed_cpu_ms_median": round(statistics.median(resumed_cpu) * 1000, 3),
-            "resumed_cpu_ms_runs": [round(t * 1000, 3) for t in resumed_cpu],
-            "runs": len(times),
+            **_milliseconds("resume_ms", self.times),
+            **_milliseconds("resumed_ms", self.resumed),
+            **_milliseconds("resumed_cpu_ms", self.resumed_cpu, spread=False),
+            "runs": len(self.times),
         }
+
+
+def _milliseconds(name: str, seconds: list[float], spread: bool = True) -> dict[str, Any]:
+    """`name`_median (and, with `spread`, _min and _max) and `name`_runs, in ms."""
+    runs = [round(t * 1000, 3) for t in seconds]
+    found: dict[str, Any] = {f"{name}_median": round(statistics.median(seconds) * 1000, 3)}
+    if spread:
+        found |= {f"{name}_min": min(runs), f"{name}_max": max(runs)}
+    return found | {f"{name}_runs": runs}
 
 
 def measure_interleaved(counts: Sequence[int], repeats: int, warmup: int = 0,
